@@ -1,0 +1,61 @@
+"""stalwart: concurrent.futures executors you can trust.
+
+Change one import and keep your code::
+
+    import stalwart as cf          # instead of: import concurrent.futures as cf
+
+    with cf.ProcessPoolExecutor() as ex:
+        for future in cf.as_completed([ex.submit(work, x) for x in xs]):
+            print(future.result())
+
+A worker that segfaults fails only its own task, an unpicklable argument is
+refused at ``submit()`` with the path to the culprit, and an initializer's
+result (a model, a connection) lives in each worker: ``stalwart.worker_state()``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    BrokenExecutor,
+    CancelledError,
+    Executor,
+    Future,
+    InvalidStateError,
+    TimeoutError,
+    as_completed,
+    wait,
+)
+
+from stalwart._process import ProcessPoolExecutor
+from stalwart._state import worker_state
+from stalwart.errors import (
+    InitializerError,
+    PicklingError,
+    RemoteError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "BrokenExecutor",
+    "CancelledError",
+    "Executor",
+    "Future",
+    "InitializerError",
+    "InvalidStateError",
+    "PicklingError",
+    "ProcessPoolExecutor",
+    "RemoteError",
+    "TaskTimeoutError",
+    "TimeoutError",
+    "WorkerCrashedError",
+    "as_completed",
+    "wait",
+    "worker_state",
+]

@@ -1,0 +1,114 @@
+"""Validation of the keywords every stalwart executor accepts.
+
+The contract is "every executor takes the same keywords", so their checks and
+their "must be ..., got ..." messages live here, once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import TYPE_CHECKING, Any
+
+import loky
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from multiprocessing.context import BaseContext
+
+DEFAULT_START_METHOD = "loky"
+"""loky's fork+exec start: a fresh interpreter, safe when the parent runs threads
+or has initialised CUDA (plain ``fork`` is neither)."""
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may use: affinity and cgroup quota aware (loky)."""
+    return max(1, int(loky.cpu_count()))
+
+
+def resolve_max_workers(max_workers: int | None) -> int:
+    """Turn ``None``, ``n`` or joblib's negative ``-1``/``-2`` into a worker count."""
+    cpus = usable_cpu_count()
+    if max_workers is None:
+        return cpus
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+        raise TypeError(
+            f"max_workers must be None or an int, got {type(max_workers).__name__} "
+            f"{max_workers!r}"
+        )
+    resolved = max_workers if max_workers > 0 else cpus + 1 + max_workers
+    if max_workers == 0 or resolved <= 0:
+        raise ValueError(
+            "max_workers must be None, a positive int, or a negative int counted "
+            f"back from the CPU count (-1 = all {cpus} CPUs, -2 = {max(cpus - 1, 1)}); "
+            f"got {max_workers}"
+        )
+    return resolved
+
+
+def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
+    """Accept a multiprocessing context, a start-method name, or None (loky's)."""
+    if mp_context is None:
+        mp_context = DEFAULT_START_METHOD
+    if isinstance(mp_context, str):
+        if mp_context.startswith("loky"):
+            context: BaseContext = loky.backend.get_context(mp_context)
+            return context
+        try:
+            return multiprocessing.get_context(mp_context)
+        except ValueError:
+            methods = ["loky", *multiprocessing.get_all_start_methods()]
+            raise ValueError(
+                f"mp_context must be a multiprocessing context or one of the start "
+                f"methods {methods}; got {mp_context!r}"
+            ) from None
+    if not hasattr(mp_context, "Process") or not hasattr(
+        mp_context, "get_start_method"
+    ):
+        raise TypeError(
+            "mp_context must be a multiprocessing context (multiprocessing.get_context"
+            f"(...)) or a start-method name such as 'spawn'; got {mp_context!r}"
+        )
+    return mp_context
+
+
+def check_initializer(
+    initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+) -> None:
+    if initializer is not None and not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable or None, got {type(initializer).__name__}"
+        )
+    if not isinstance(initargs, tuple):
+        raise TypeError(
+            f"initargs must be a tuple, got {type(initargs).__name__} {initargs!r}"
+        )
+
+
+def check_max_tasks_per_child(max_tasks_per_child: int | None) -> None:
+    if max_tasks_per_child is None:
+        return
+    if isinstance(max_tasks_per_child, bool) or not isinstance(
+        max_tasks_per_child, int
+    ):
+        raise TypeError(
+            "max_tasks_per_child must be None or a positive int, got "
+            f"{type(max_tasks_per_child).__name__}"
+        )
+    if max_tasks_per_child < 1:
+        raise ValueError(
+            f"max_tasks_per_child must be >= 1 (or None), got {max_tasks_per_child}"
+        )
+
+
+def check_positive_seconds(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f"{name} must be None or a positive number of seconds, got {value!r}"
+        )
+
+
+def check_retries(retries: int) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")

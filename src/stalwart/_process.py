@@ -1,0 +1,928 @@
+"""ProcessPoolExecutor: a process pool that owns its dispatch, so it never breaks.
+
+Data flow::
+
+    submit(fn, *args)                                       caller's thread
+      | _pickling.serialize_call(): pickled once, here; PicklingError raised here
+      v
+    _Task(id, future, call bytes) --> pending deque ---(wake-up pipe)---+
+                                                                         |
+    I/O thread "stalwart-dispatcher" <-----------------------------------+
+      | one selector over: the wake-up pipe, every worker's pipe (read, and
+      | write while its outbox is non-empty), every worker's process sentinel
+      | dispatch: each ready worker gets up to `depth` tasks in one frame
+      v
+    _WorkerSlot: in_flight deque ==pipe==> worker: run in order, one reply each
+      ^                                                        |
+      +====================== replies, parsed in bulk <========+
+      | future.set_result() / set_exception(exc from worker traceback)
+      v
+    Future resolved: as_completed, wait, asyncio all see it
+
+Because every worker has its own pipe and answers its tasks in order, the parent
+always knows which tasks a worker holds and which one it is running: the oldest
+unanswered one. That is what a shared-queue pool (the stdlib's, loky's) cannot
+know, and why one dead worker breaks their whole pool.
+
+How workers end, and what follows:
+
+* Death while running a task (segfault, ``os._exit``, SIGKILL/OOM, abort): the
+  sentinel fires; whatever the worker sent before dying is read first; the oldest
+  unanswered task fails with ``WorkerCrashedError`` (or is re-run, ``retries``);
+  the rest of its batch never started and goes back to the front of the pending
+  queue; a replacement worker starts.
+* Death while idle: replaced, silently.
+* ``max_tasks_per_child``: a worker is sent exactly that many tasks, exits by
+  itself after answering them, and is replaced (re-running the initializer).
+* Initializer raised: the worker reports INIT_FAILED and exits; it is replaced;
+  after ``MAX_CONSECUTIVE_START_FAILURES`` failed starts in a row no more are
+  started, the executor is broken and every waiting future fails with
+  ``InitializerError``.
+* Shutdown: once nothing is pending or in flight the pipes are closed, workers
+  exit on EOF, and stragglers are killed after ``WORKER_EXIT_GRACE_S``.
+* Parent death: workers notice (``_worker``'s watchdog) and exit on their own.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import pickle
+import reprlib
+import selectors
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from multiprocessing import process as mp_process
+from multiprocessing.connection import wait as wait_for_sentinels
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stalwart import _options, _pickling, _spawn, _wire
+from stalwart._worker import WorkerConfig
+from stalwart.errors import InitializerError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+    from types import TracebackType
+
+    from typing_extensions import ParamSpec, Self
+
+    P = ParamSpec("P")
+
+R = TypeVar("R")
+
+logger = logging.getLogger("stalwart")
+
+MAX_CONSECUTIVE_START_FAILURES = 3
+"""Failed worker starts in a row after which the executor gives up: enough to ride
+out a transient failure, few enough that a broken initializer is no fork storm."""
+
+TARGET_BACKLOG_S = 0.005
+"""Work queued at each worker, in seconds of measured task time. Tiny tasks then
+travel in batches (fewer pipe messages), while a worker never hoards more than a
+few milliseconds of work that another worker could have run."""
+
+MAX_DEPTH = 256
+"""Upper bound on tasks in flight per worker, whatever the measured task time."""
+
+WORKER_EXIT_GRACE_S = 5.0
+"""How long shutdown lets a worker finish exiting on its own before killing it."""
+
+_READ_SIZE = 1 << 20
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+
+
+class _Task:
+    """The parent's bookkeeping for one submitted call."""
+
+    __slots__ = ("args", "attempts", "call", "fn", "future", "id", "kwargs", "started")
+
+    def __init__(
+        self,
+        task_id: int,
+        future: Future[Any],
+        call: bytes,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.id = task_id
+        self.future = future
+        self.call = call
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.attempts = 0  # how many times a worker started it
+        self.started = False  # future moved to RUNNING (cannot be cancelled)
+
+    def describe(self) -> str:
+        return describe_call(self.fn, self.args, self.kwargs)
+
+
+class _WorkerSlot:
+    """One worker process, its pipe, and the tasks it holds, oldest first."""
+
+    __slots__ = (
+        "conn",
+        "fd",
+        "in_flight",
+        "init_failure",
+        "outbox",
+        "process",
+        "ready",
+        "reader",
+        "sentinel",
+        "tasks_left",
+    )
+
+    def __init__(
+        self, process: BaseProcess, conn: Connection, max_tasks: int | None
+    ) -> None:
+        self.process = process
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.sentinel: int = process.sentinel
+        self.reader = _wire.FrameReader()
+        self.outbox: collections.deque[memoryview] = collections.deque()
+        self.in_flight: collections.deque[_Task] = collections.deque()
+        self.ready = False  # initializer done; may receive tasks
+        self.tasks_left = max_tasks  # None: unlimited
+        self.init_failure: tuple[str, str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def has_room(self, depth: int) -> bool:
+        if not self.ready or len(self.in_flight) >= depth:
+            return False
+        return self.tasks_left is None or self.tasks_left > 0
+
+
+class _Dispatcher:
+    """Owns the workers, the pending queue and the I/O thread of one executor.
+
+    Kept apart from the executor object so the I/O thread holds no reference to
+    it: an executor dropped without ``shutdown()`` is collected, which triggers a
+    graceful shutdown here (as the stdlib does).
+    """
+
+    def __init__(
+        self,
+        max_workers: int,
+        context: BaseContext,
+        worker_config: WorkerConfig,
+        retries: int,
+    ) -> None:
+        self.max_workers = max_workers
+        self.context = context
+        self.worker_config = worker_config
+        self.retries = retries
+        self.by_value = worker_config.by_value
+
+        self.pending: collections.deque[_Task] = collections.deque()
+        self.slots: list[_WorkerSlot] = []
+        self._slot_by_fd: dict[int, _WorkerSlot] = {}  # pipe fd and sentinel -> slot
+        self.workers_wanted = 0  # grows on demand up to max_workers; deaths replaced
+        self.consecutive_start_failures = 0
+        self.avg_busy_s: float | None = None
+
+        # Guards the shutdown/broken flags against submit(): once shutdown() has
+        # returned, no task can slip into `pending` behind the I/O thread's back.
+        self.lock = threading.Lock()
+        self.shutdown_requested = False
+        self.abort_reason: str | None = None
+        self.broken: BrokenProcessPool | None = None
+
+        self.ids = itertools.count()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.wake_armed = False
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    # -- called from user threads -------------------------------------------
+
+    def enqueue(self, task: _Task) -> None:
+        """Queue a task (caller holds ``self.lock``) and wake the I/O thread."""
+        self.pending.append(task)
+        if self.thread is None:
+            self.thread = threading.Thread(
+                target=self._run, name="stalwart-dispatcher", daemon=True
+            )
+            self.thread.start()
+            _live_dispatchers.add(self)
+        self.wake()
+
+    def wake(self) -> None:
+        # One byte per wake-up at most: `wake_armed` stays True until the I/O
+        # thread has drained the pipe, and it drains before it looks at `pending`,
+        # so a task appended after that look always finds the flag cleared.
+        if not self.wake_armed:
+            self.wake_armed = True
+            try:
+                os.write(self.wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # full (already awake) or closed (already stopped)
+
+    def request_shutdown(self, cancel_futures: bool, abort_reason: str | None) -> None:
+        with self.lock:
+            self.shutdown_requested = True
+            if abort_reason is not None:
+                self.abort_reason = abort_reason
+            if cancel_futures or abort_reason is not None:
+                for task in list(self.pending):
+                    if not task.started:
+                        task.future.cancel()
+            self.wake()
+
+    def join(self) -> None:
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # -- the I/O thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            logger.exception("stalwart's dispatcher thread failed")
+            error = BrokenProcessPool(
+                f"stalwart's dispatcher thread failed with {exc!r}; this is a bug in "
+                "stalwart, please report it with the traceback logged by 'stalwart'. "
+                "The executor is broken: create a new one."
+            )
+            error.__cause__ = exc
+            self._break(error)
+        finally:
+            self._stop_workers()
+            self._close()
+
+    def _loop(self) -> None:
+        while True:
+            self._start_workers_as_needed()
+            for key, mask in self.selector.select():
+                key.data(key, mask)
+            if self.abort_reason is not None:
+                self._abort_in_flight()
+            if self.broken is not None:
+                return
+            self._dispatch()
+            if self.shutdown_requested and self._is_idle():
+                return
+
+    def _is_idle(self) -> bool:
+        if any(slot.in_flight for slot in self.slots):
+            return False
+        while self.pending and self.pending[0].future.cancelled():
+            self.pending.popleft()
+        return not self.pending
+
+    def _on_wake(self, key: selectors.SelectorKey, mask: int) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.wake_armed = False
+
+    # -- starting workers -------------------------------------------------------
+
+    def _start_workers_as_needed(self) -> None:
+        if self.shutdown_requested and not self.pending:
+            return
+        starting = sum(1 for slot in self.slots if not slot.ready)
+        waiting = len(self.pending) - starting
+        if waiting > 0 and not any(not s.in_flight for s in self.slots if s.ready):
+            self.workers_wanted = min(
+                self.max_workers, max(self.workers_wanted, len(self.slots) + waiting)
+            )
+        while len(self.slots) < self.workers_wanted:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        parent_end, child_end = self.context.Pipe(duplex=True)  # type: ignore[attr-defined]
+        try:
+            process = _spawn.start_worker_process(
+                self.context, child_end, self.worker_config
+            )
+        finally:
+            child_end.close()  # the child has its copy; ours would hide its EOF
+        os.set_blocking(parent_end.fileno(), False)
+        slot = _WorkerSlot(process, parent_end, self.worker_config.max_tasks)
+        self.slots.append(slot)
+        self.selector.register(slot.fd, selectors.EVENT_READ, self._on_pipe)
+        self.selector.register(slot.sentinel, selectors.EVENT_READ, self._on_sentinel)
+        self._slot_by_fd[slot.fd] = slot
+        self._slot_by_fd[slot.sentinel] = slot
+        logger.debug("started worker %s", slot.pid)
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def _depth(self) -> int:
+        if self.avg_busy_s is None:
+            return 1  # task length unknown: hold nothing back from other workers
+        return max(1, min(MAX_DEPTH, int(TARGET_BACKLOG_S / (self.avg_busy_s + 1e-7))))
+
+    def _dispatch(self) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        depth = self._depth()
+        slots = [slot for slot in self.slots if slot.has_room(depth)]
+        if not slots:
+            return
+        share = -(-len(pending) // len(slots))  # spread evenly: ceil division
+        for slot in slots:
+            room = min(depth - len(slot.in_flight), share)
+            if slot.tasks_left is not None:
+                room = min(room, slot.tasks_left)
+            batch: list[_Task] = []
+            while room and pending:
+                task = pending.popleft()
+                if not task.started:
+                    if not task.future.set_running_or_notify_cancel():
+                        continue  # cancelled while queued
+                    task.started = True
+                batch.append(task)
+                room -= 1
+            if batch:
+                self._send_batch(slot, batch)
+            if not pending:
+                return
+
+    def _send_batch(self, slot: _WorkerSlot, batch: list[_Task]) -> None:
+        payload = pickle.dumps([(task.id, task.call) for task in batch], _HIGHEST)
+        for task in batch:
+            task.attempts += 1
+        slot.in_flight.extend(batch)
+        if slot.tasks_left is not None:
+            slot.tasks_left -= len(batch)
+        self._send(slot, payload)
+
+    def _send(self, slot: _WorkerSlot, payload: bytes) -> None:
+        was_empty = not slot.outbox
+        slot.outbox.append(memoryview(_wire.frame_header(len(payload))))
+        slot.outbox.append(memoryview(payload))
+        if was_empty:
+            self._flush(slot)
+            if slot.outbox:
+                self.selector.modify(
+                    slot.fd, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_pipe
+                )
+
+    def _flush(self, slot: _WorkerSlot) -> None:
+        outbox = slot.outbox
+        while outbox:
+            try:
+                written = os.writev(slot.fd, list(itertools.islice(outbox, 64)))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                outbox.clear()  # the worker is gone; its sentinel will tell us how
+                return
+            while written:
+                head = outbox[0]
+                if written >= len(head):
+                    written -= len(head)
+                    outbox.popleft()
+                else:
+                    outbox[0] = head[written:]
+                    written = 0
+
+    # -- replies ----------------------------------------------------------------
+
+    def _on_pipe(self, key: selectors.SelectorKey, mask: int) -> None:
+        slot = self._slot_by_fd[key.fd]
+        if mask & selectors.EVENT_WRITE:
+            self._flush(slot)
+            if not slot.outbox:
+                self.selector.modify(slot.fd, selectors.EVENT_READ, self._on_pipe)
+        if mask & selectors.EVENT_READ:
+            self._read(slot, until_eof=False)
+
+    def _read(self, slot: _WorkerSlot, until_eof: bool) -> None:
+        while True:
+            try:
+                data = os.read(slot.fd, _READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                # EOF: the worker is exiting; its sentinel decides what happened.
+                if self.selector.get_map().get(slot.fd) is not None:
+                    self.selector.unregister(slot.fd)
+                return
+            for frame in slot.reader.feed(data):
+                self._on_reply(slot, pickle.loads(frame))
+            if not until_eof:
+                return
+
+    def _on_reply(self, slot: _WorkerSlot, reply: tuple[Any, ...]) -> None:
+        kind = reply[0]
+        if kind == _wire.RESULT:
+            task = self._answered(slot, reply[1], reply[3])
+            task.future.set_result(reply[2])
+        elif kind == _wire.ERROR:
+            task = self._answered(slot, reply[1], reply[4])
+            exc: BaseException = reply[2]
+            exc.__cause__ = _RemoteTraceback(reply[3])
+            task.future.set_exception(exc)
+        elif kind == _wire.RESULT_BYTES:
+            task = self._answered(slot, reply[1], reply[3])
+            try:
+                value = _pickling.loads(reply[2])
+            except Exception as exc:
+                task.future.set_exception(
+                    BrokenProcessPool(
+                        f"the result of {task.describe()} arrived but could not be "
+                        f"unpickled in the parent: {exc!r}. Return types the parent "
+                        "can import."
+                    )
+                )
+            else:
+                task.future.set_result(value)
+        elif kind == _wire.READY:
+            slot.ready = True
+            self.consecutive_start_failures = 0
+        elif kind == _wire.INIT_FAILED:
+            slot.init_failure = (reply[1], reply[2])
+
+    def _answered(self, slot: _WorkerSlot, task_id: int, busy_s: float) -> _Task:
+        task = slot.in_flight.popleft()
+        if task.id != task_id:  # cannot happen: a worker answers in order
+            raise RuntimeError(
+                f"worker {slot.pid} answered task {task_id}, expected {task.id}"
+            )
+        avg = self.avg_busy_s
+        self.avg_busy_s = busy_s if avg is None else 0.9 * avg + 0.1 * busy_s
+        return task
+
+    # -- worker death -----------------------------------------------------------
+
+    def _on_sentinel(self, key: selectors.SelectorKey, mask: int) -> None:
+        slot = self._slot_by_fd[key.fd]
+        if self.selector.get_map().get(slot.fd) is not None:
+            self._read(slot, until_eof=True)  # what it sent before dying counts
+        self._forget_slot(slot)
+        slot.process.join()
+        exitcode = slot.process.exitcode
+        if slot.init_failure is not None:
+            self._on_start_failure(slot, exitcode)
+        elif not slot.ready:
+            self._on_start_failure(slot, exitcode)
+        elif slot.in_flight:
+            self._on_crash(slot, exitcode)
+        else:
+            logger.debug("worker %s exited (exit code %s)", slot.pid, exitcode)
+
+    def _forget_slot(self, slot: _WorkerSlot) -> None:
+        for fd in (slot.fd, slot.sentinel):
+            if self.selector.get_map().get(fd) is not None:
+                self.selector.unregister(fd)
+            self._slot_by_fd.pop(fd, None)
+        self.slots.remove(slot)
+        slot.conn.close()
+
+    def _on_crash(self, slot: _WorkerSlot, exitcode: int | None) -> None:
+        crashed = slot.in_flight.popleft()
+        # The rest of its batch never started: first in line for other workers.
+        self.pending.extendleft(reversed(slot.in_flight))
+        slot.in_flight.clear()
+        signal_name = _spawn.signal_name(exitcode)
+        logger.warning(
+            "worker %s died (%s) while running %s; replacing it",
+            slot.pid,
+            signal_name or f"exit code {exitcode}",
+            crashed.describe(),
+        )
+        if crashed.attempts <= self.retries:
+            self.pending.appendleft(crashed)
+            return
+        crashed.future.set_exception(
+            WorkerCrashedError(
+                _crash_message(slot.pid, exitcode, signal_name, crashed),
+                pid=slot.pid,
+                exitcode=exitcode,
+                signal=signal_name,
+                task=crashed.describe(),
+                attempts=crashed.attempts,
+            )
+        )
+
+    def _on_start_failure(self, slot: _WorkerSlot, exitcode: int | None) -> None:
+        self.consecutive_start_failures += 1
+        failures = self.consecutive_start_failures
+        given_up = failures >= MAX_CONSECUTIVE_START_FAILURES
+        if slot.init_failure is not None:
+            summary, remote_traceback = slot.init_failure
+            error: BrokenProcessPool = InitializerError(
+                f"the initializer raised {summary} in worker {slot.pid}"
+                + (
+                    f"; {failures} workers in a row failed the same way, so no more "
+                    "are started and the executor is broken. Fix the initializer "
+                    "(its traceback is attached) and create a new executor."
+                    if given_up
+                    else "; a replacement worker is being started."
+                ),
+                remote_traceback=remote_traceback,
+            )
+            error.__cause__ = _RemoteTraceback(remote_traceback)
+        else:
+            error = WorkerCrashedError(
+                f"worker {slot.pid} exited before it was ready "
+                f"({_exit_description(exitcode)}); {failures} in a row"
+                + (
+                    ", so no more are started and the executor is broken. "
+                    "Look for the worker's traceback on stderr. A common cause: the "
+                    "main script starts an executor at import time; put that code "
+                    "under `if __name__ == '__main__':`, since workers import the "
+                    "main module."
+                    if given_up
+                    else "; starting a replacement."
+                ),
+                pid=slot.pid,
+                exitcode=exitcode,
+                signal=_spawn.signal_name(exitcode),
+            )
+        logger.warning("%s", error)
+        if given_up:
+            self._break(error)
+
+    # -- ending ------------------------------------------------------------------
+
+    def _break(self, error: BrokenProcessPool) -> None:
+        """Fail every unresolved future with `error` and refuse new work."""
+        with self.lock:
+            self.broken = error
+            self.shutdown_requested = True
+            tasks = list(self.pending)
+            self.pending.clear()
+        for slot in self.slots:
+            tasks.extend(slot.in_flight)
+            slot.in_flight.clear()
+        for task in tasks:
+            if task.started or task.future.set_running_or_notify_cancel():
+                task.future.set_exception(error)
+
+    def _abort_in_flight(self) -> None:
+        """Ctrl-C or interpreter exit on an interrupt: kill workers, fail their tasks."""
+        reason = self.abort_reason
+        for slot in list(self.slots):
+            _spawn.kill_worker_tree(slot.process)
+        for slot in self.slots:
+            for task in slot.in_flight:
+                task.future.set_exception(
+                    CancelledError(
+                        f"{task.describe()} was interrupted ({reason}): its worker "
+                        "was terminated"
+                    )
+                )
+            slot.in_flight.clear()
+        while self.pending:
+            task = self.pending.popleft()
+            if task.started:
+                task.future.set_exception(CancelledError(f"interrupted ({reason})"))
+            else:
+                task.future.cancel()
+
+    def _stop_workers(self) -> None:
+        slots = list(self.slots)
+        for slot in slots:
+            if slot.ready:
+                slot.conn.close()  # EOF: the worker finishes and exits by itself
+            else:
+                slot.process.terminate()  # still starting: nothing to finish
+        deadline = time.monotonic() + WORKER_EXIT_GRACE_S
+        alive = {slot.sentinel: slot for slot in slots}
+        while alive:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for slot in alive.values():
+                    logger.warning("worker %s did not exit; killing it", slot.pid)
+                    _spawn.kill_worker_tree(slot.process)
+                break
+            for sentinel in wait_for_sentinels(list(alive), remaining):
+                del alive[sentinel]  # type: ignore[call-overload]
+        for slot in slots:
+            slot.process.join()
+            if not slot.conn.closed:
+                slot.conn.close()
+        self.slots.clear()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.selector.close()
+        os.close(self.wake_r)
+        with self.lock:
+            os.close(self.wake_w)
+            self.wake_armed = True  # nobody is listening any more
+        _live_dispatchers.discard(self)
+
+
+class ProcessPoolExecutor(Executor):
+    """A drop-in ``concurrent.futures.ProcessPoolExecutor`` that never breaks.
+
+    * ``submit()`` pickles the call once, in the caller: an unpicklable argument
+      raises ``stalwart.PicklingError`` right there, naming the culprit's path.
+    * A worker that dies fails only the task it was running
+      (``stalwart.WorkerCrashedError``, with ``.pid``, ``.exitcode``, ``.signal``);
+      ``retries=n`` re-runs such a task up to n times first. The executor replaces
+      the worker and stays usable.
+    * ``initializer``'s return value is what ``stalwart.worker_state()`` returns
+      inside tasks on that worker, so models and connections are built once per
+      worker and never pickled.
+
+    Args:
+        max_workers: ``None`` for every usable CPU (cgroup and affinity aware);
+            a negative ``n`` means ``cpus + 1 + n`` (``-1`` all, ``-2`` all but one).
+        mp_context: a multiprocessing context or a start-method name. The default,
+            ``"loky_init_main"``, starts fresh interpreters (safe with threads and
+            CUDA in the parent) that import your ``__main__`` as spawn does.
+        initializer, initargs: run once in each worker; see ``worker_state()``.
+        max_tasks_per_child: replace a worker after this many tasks.
+        retries: re-run a task whose worker died up to this many times.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        retries: int = 0,
+    ) -> None:
+        _refuse_while_bootstrapping()
+        workers = _options.resolve_max_workers(max_workers)
+        context = _options.resolve_context(mp_context)
+        _options.check_initializer(initializer, initargs)
+        _options.check_max_tasks_per_child(max_tasks_per_child)
+        _options.check_retries(retries)
+        # Spawn-style contexts re-import the main script in the worker, so its
+        # functions can travel by reference; plain "loky" does not (by value then).
+        by_value = context.get_start_method() == "loky"
+        initializer_call = None
+        if initializer is not None:
+            initializer_call = _pickling.serialize_call(
+                initializer, initargs, {}, action="initializer", by_value=by_value
+            )
+        config = WorkerConfig(initializer_call, max_tasks_per_child, by_value)
+        self._max_workers = workers
+        self._mp_context = context
+        self._dispatcher = dispatcher = _Dispatcher(workers, context, config, retries)
+        self._by_value = by_value
+        # Dropped without shutdown(): finish the submitted work, then stop (stdlib).
+        self._finalizer = weakref.finalize(
+            self, dispatcher.request_shutdown, False, None
+        )
+        self._finalizer.atexit = False
+
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[R]:
+        """Schedule ``fn(*args, **kwargs)`` in a worker; return its Future.
+
+        Raises:
+            stalwart.PicklingError: the call cannot be pickled (raised here, with
+                the path to the unpicklable object).
+            RuntimeError: the executor was shut down.
+            BrokenProcessPool: the executor is broken (initializer keeps failing).
+        """
+        return self._submit(fn, args, kwargs, "submit")
+
+    def _submit(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        action: str,
+    ) -> Future[R]:
+        call = _pickling.serialize_call(
+            fn, args, kwargs, action=action, by_value=self._by_value
+        )
+        dispatcher = self._dispatcher
+        with dispatcher.lock:
+            if dispatcher.broken is not None:
+                raise type(dispatcher.broken)(*dispatcher.broken.args)
+            if dispatcher.shutdown_requested:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise RuntimeError(
+                    "cannot schedule new futures after interpreter shutdown"
+                )
+            future: Future[R] = Future()
+            task = _Task(next(dispatcher.ids), future, call, fn, args, kwargs)
+            dispatcher.enqueue(task)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """Like the builtin ``map``, run in workers; results in input order.
+
+        Every call is submitted (and pickled, so a ``PicklingError`` is raised
+        here) before the first result is returned, as in the stdlib. ``chunksize``
+        sends that many items per task; ``timeout`` bounds the whole iteration.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        if chunksize == 1:
+            futures = self._submit_all(fn, zip(*iterables))
+            return _results_in_order(futures, end_time)
+        chunks = _chunks(zip(*iterables), chunksize)
+        chunk_futures = self._submit_all(_run_chunk, ((fn, chunk) for chunk in chunks))
+        return itertools.chain.from_iterable(
+            _results_in_order(chunk_futures, end_time)
+        )
+
+    def _submit_all(
+        self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]]
+    ) -> list[Future[Any]]:
+        futures: list[Future[Any]] = []
+        try:
+            for args in arg_tuples:
+                futures.append(self._submit(fn, args, {}, "map"))
+        except BaseException:
+            for future in futures:  # an item failed to pickle: do not run half a map
+                future.cancel()
+            raise
+        return futures
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; running and queued work still completes.
+
+        Args:
+            wait: block until all submitted work is done and the workers exited.
+            cancel_futures: cancel every future that has not started running.
+        """
+        self._dispatcher.request_shutdown(cancel_futures, None)
+        if wait:
+            self._dispatcher.join()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the user wants out now, not after the queued work.
+            self._dispatcher.request_shutdown(True, "KeyboardInterrupt")
+        self.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    @property
+    def _broken(self) -> str | bool:
+        """The stdlib's flag: a message once the executor is broken, else False."""
+        broken = self._dispatcher.broken
+        return False if broken is None else str(broken)
+
+    def __repr__(self) -> str:
+        state = "broken" if self._dispatcher.broken else (
+            "shut down" if self._dispatcher.shutdown_requested else "running"
+        )
+        return (
+            f"<stalwart.ProcessPoolExecutor max_workers={self._max_workers} "
+            f"start_method={self._mp_context.get_start_method()!r} {state}>"
+        )
+
+
+def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A short, never-raising description of a call, e.g. ``crash('segv')``."""
+    name = getattr(fn, "__qualname__", None) or _short_repr(fn)
+    if fn is _run_chunk and len(args) == 2:
+        return f"a map chunk of {len(args[1])} calls to {describe_call(args[0], (), {})[:-2]}"
+    parts = [_short_repr(arg) for arg in args[:4]]
+    if len(args) > 4:
+        parts.append("...")
+    parts.extend(f"{key}={_short_repr(value)}" for key, value in list(kwargs.items())[:4])
+    return f"{name}({', '.join(parts)})"
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = 30
+_repr.maxother = 30
+
+
+def _short_repr(value: object) -> str:
+    try:
+        return _repr.repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
+def _exit_description(exitcode: int | None) -> str:
+    name = _spawn.signal_name(exitcode)
+    return f"killed by {name}" if name else f"exit code {exitcode}"
+
+
+_CRASH_HINTS = {
+    "SIGSEGV": "Segfaults usually come from C extensions; the worker's C stack is on "
+    "stderr (faulthandler).",
+    "SIGBUS": "Bus errors usually come from C extensions or memory-mapped files.",
+    "SIGKILL": "SIGKILL usually means the OS ran out of memory (the OOM killer) or "
+    "someone killed the worker.",
+    "SIGABRT": "abort() usually comes from a failed assertion in C code; see stderr.",
+}
+
+
+def _crash_message(
+    pid: int | None, exitcode: int | None, signal_name: str | None, task: _Task
+) -> str:
+    how = f"died from {signal_name}" if signal_name else f"exited with code {exitcode}"
+    attempts = f" (attempt {task.attempts})" if task.attempts > 1 else ""
+    hint = _CRASH_HINTS.get(signal_name or "", "")
+    if not signal_name:
+        hint = "A task (or a C extension) called os._exit() or exit()."
+    return (
+        f"worker {pid} {how} while running task {task.id}, {task.describe()}"
+        f"{attempts}. Only this task failed; a replacement worker was started. {hint}"
+    )
+
+
+def _chunks(
+    arg_tuples: Iterator[tuple[Any, ...]], chunksize: int
+) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    while chunk := tuple(itertools.islice(arg_tuples, chunksize)):
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., R], chunk: tuple[tuple[Any, ...], ...]) -> list[R]:
+    """Runs in the worker: one task for a whole map chunk."""
+    return [fn(*args) for args in chunk]
+
+
+def _results_in_order(
+    futures: list[Future[R]], end_time: float | None
+) -> Iterator[R]:
+    """Yield results in submission order; cancel the rest if abandoned (stdlib)."""
+    futures.reverse()  # pop() from the end is O(1) and drops our reference early
+    try:
+        while futures:
+            future = futures.pop()
+            try:
+                if end_time is None:
+                    yield future.result()
+                else:
+                    yield future.result(end_time - time.monotonic())
+            finally:
+                future.cancel()
+                del future
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _refuse_while_bootstrapping() -> None:
+    if getattr(mp_process.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "a stalwart executor was created while a worker process was importing "
+            "the main module. Workers import your main script the way "
+            "multiprocessing's spawn does, so code that starts executors must sit "
+            "under `if __name__ == '__main__':`."
+        )
+
+
+# -- interpreter exit -----------------------------------------------------------
+
+_live_dispatchers: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _on_interpreter_exit() -> None:
+    """Finish submitted work before exit, as the stdlib does; on Ctrl-C, don't."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    dispatchers = list(_live_dispatchers)
+    for dispatcher in dispatchers:
+        dispatcher.request_shutdown(
+            interrupted, "KeyboardInterrupt" if interrupted else None
+        )
+    for dispatcher in dispatchers:
+        dispatcher.join()
+
+
+threading._register_atexit(_on_interpreter_exit)  # type: ignore[attr-defined]

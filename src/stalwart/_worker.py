@@ -1,0 +1,175 @@
+"""The worker process's main loop (runs in the child).
+
+    start: ignore SIGINT (the parent decides), watch the parent, run the
+           initializer once, keep its result for worker_state(), send READY
+    loop:  receive a batch of calls -> for each, in order: unpickle, run,
+           pickle the outcome, send it at once -> until None, EOF, or
+           max_tasks_per_child tasks are done
+
+Each reply is sent before the next call starts, so when the worker dies the
+parent knows exactly which task it was running: the oldest one not answered.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stalwart import _pickling, _state, _wire
+from stalwart.errors import PicklingError, RemoteError
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+PARENT_POLL_INTERVAL_S = 0.25
+"""How often a worker checks that its parent is alive. A dead parent must not
+leave orphans running (contract 9: exit within ~2 s), and a getppid() call four
+times a second costs nothing measurable."""
+
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What shapes a worker; sent once, when the process starts."""
+
+    initializer_call: bytes | None  # serialize_call(initializer, initargs, {})
+    max_tasks: int | None  # max_tasks_per_child
+    by_value: bool  # pickle replies with cloudpickle (the parent's policy)
+
+
+def run_worker(conn: Connection, config: WorkerConfig) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides
+    # what an interrupt means for the work, so a worker must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()  # an unexpected crash still leaves its C stack on stderr
+    _start_parent_watchdog()
+    if not _run_initializer(conn, config):
+        return
+    conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
+    _serve(conn, config)
+
+
+def _start_parent_watchdog() -> None:
+    parent_pid = os.getppid()
+
+    def exit_when_orphaned() -> None:
+        # The pipe alone cannot tell us: under fork contexts sibling workers
+        # inherit copies of the parent's ends, so EOF may never come.
+        while True:
+            time.sleep(PARENT_POLL_INTERVAL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(
+        target=exit_when_orphaned, name="stalwart-parent-watchdog", daemon=True
+    ).start()
+
+
+def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
+    state = None
+    if config.initializer_call is not None:
+        try:
+            initializer, initargs, _ = _pickling.loads(config.initializer_call)
+            state = initializer(*initargs)
+        except BaseException as exc:
+            # The stdlib logs here too; code that watches 'concurrent.futures'
+            # for initializer failures keeps working.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
+            summary = f"{type(exc).__qualname__}: {exc}"
+            reply = (_wire.INIT_FAILED, summary, _format_traceback(exc))
+            conn.send_bytes(pickle.dumps(reply, _HIGHEST))
+            return False
+    _state.set_process_worker_state(state)
+    return True
+
+
+def _serve(conn: Connection, config: WorkerConfig) -> None:
+    tasks_left = config.max_tasks
+    while True:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent closed our pipe: shut down
+        batch: list[tuple[int, bytes]] | None = pickle.loads(frame)
+        if batch is None:
+            return
+        for task_id, call in batch:
+            conn.send_bytes(_run_call(task_id, call, config.by_value))
+        if tasks_left is not None:
+            tasks_left -= len(batch)
+            if tasks_left <= 0:
+                return  # recycled: the parent sends no more than max_tasks
+
+
+def _run_call(task_id: int, call: bytes, by_value: bool) -> bytes:
+    """Run one call and return the reply frame; never raises for a task's failure."""
+    started = time.perf_counter()
+    fn: Any = None
+    try:
+        fn, args, kwargs = _pickling.loads(call)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        return _error_reply(task_id, exc, time.perf_counter() - started)
+    if not by_value:
+        try:
+            return pickle.dumps(
+                (_wire.RESULT, task_id, value, time.perf_counter() - started), _HIGHEST
+            )
+        except Exception:
+            pass  # needs cloudpickle, or cannot be pickled: diagnosed below
+    try:
+        data = _pickling.serialize_result(
+            value, task=_task_name(fn), by_value=by_value
+        )
+    except PicklingError as exc:
+        return _error_reply(task_id, exc, time.perf_counter() - started)
+    busy_s = time.perf_counter() - started
+    return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)
+
+
+def _error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
+    remote_traceback = _format_traceback(exc)
+    try:
+        reply = pickle.dumps(
+            (_wire.ERROR, task_id, exc, remote_traceback, busy_s), _HIGHEST
+        )
+        pickle.loads(reply)  # an exception that pickles may still not unpickle
+    except BaseException:
+        remote = RemoteError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}",
+            _safe_str(exc),
+            remote_traceback,
+        )
+        reply = pickle.dumps(
+            (_wire.ERROR, task_id, remote, remote_traceback, busy_s), _HIGHEST
+        )
+    return reply
+
+
+def _format_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{text}"""'
+
+
+def _task_name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:
+        return f"<str() of {type(exc).__qualname__} failed>"
+

@@ -1,0 +1,149 @@
+"""Functions that tests submit: module-level, so workers import them by reference."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import stalwart
+
+TIMEOUT = 30.0  # seconds; reached only when something hangs
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def pid_after(gate: Any) -> int:
+    """Return the worker's pid once `gate` opens, so that several tasks overlap."""
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("test gate never opened")
+    return os.getpid()
+
+
+def block_until(started: Any, gate: Any, value: Any) -> Any:
+    started.set()
+    if not gate.wait(TIMEOUT):
+        raise TimeoutError("test gate never opened")
+    return value
+
+
+def die(how: str) -> None:
+    """Kill the worker process running this task, in one of several real ways."""
+    faulthandler.disable()  # an expected crash: keep the log quiet
+    if how == "exit":
+        os._exit(3)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "abort":
+        os.abort()
+    if how == "segv":
+        ctypes.string_at(0)
+    raise ValueError(f"unknown way to die: {how}")
+
+
+def die_once(marker_path: str) -> str:
+    """Die the first time (leaving a marker file), succeed when re-run."""
+    if not os.path.exists(marker_path):
+        with open(marker_path, "w") as marker:
+            marker.write(str(os.getpid()))
+        die("sigkill")
+    return "second attempt"
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)  # line checked by the remote traceback test
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable_error() -> None:
+    raise UnpicklableError("carries a lock")
+
+
+class NeedsTwoArgsError(Exception):
+    """Pickles fine, but unpickling calls __init__ with one argument and fails."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} {b}")
+
+
+def raise_needs_two_args() -> None:
+    raise NeedsTwoArgsError("first", "second")
+
+
+def return_lock() -> Any:
+    return {"ok": 1, "lock": threading.Lock()}
+
+
+def return_lambda() -> Any:
+    return lambda x: x + 1
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)  # a task that takes time, as user work does
+    return seconds
+
+
+def spin_ms(ms: float) -> int:
+    end = time.perf_counter() + ms / 1000
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+# -- initializers --------------------------------------------------------------
+
+_initialized_pid: int | None = None
+
+
+def init_model(name: str) -> dict[str, Any]:
+    """Stands for loading a model: returns an unpicklable object, once per worker."""
+    global _initialized_pid
+    _initialized_pid = os.getpid()
+    return {"name": name, "pid": os.getpid(), "lock": threading.RLock(), "calls": 0}
+
+
+def use_model(x: int) -> tuple[str, int, int]:
+    model = stalwart.worker_state()
+    model["calls"] += 1
+    with model["lock"]:
+        return model["name"], model["pid"], x * 2
+
+
+def state_calls() -> int:
+    calls: int = stalwart.worker_state()["calls"]
+    return calls
+
+
+def get_worker_state() -> Any:
+    return stalwart.worker_state()
+
+
+def init_fail(message: str) -> None:
+    raise OSError(message)
+
+
+def init_count(path: str) -> int:
+    """Append this worker's pid to `path`: how many times the initializer ran."""
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    return os.getpid()

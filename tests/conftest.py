@@ -1,0 +1,70 @@
+"""Shared fixtures: bounded waits, gates that work across processes, leak checks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+from tests._tasks import TIMEOUT
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll `predicate` until it is truthy; fail naming `what` after `timeout` s.
+
+    For OS state that offers no event to wait on (a pid that must vanish); the
+    poll interval changes only latency, never the outcome.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def manager() -> Iterator[Any]:
+    """A multiprocessing Manager: its Event proxies can be passed to tasks."""
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        yield manager
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers_or_threads() -> Iterator[None]:
+    """Every test must leave no worker process and no executor thread behind."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    threads_before = set(threading.enumerate())
+    yield
+
+    def leaked_children() -> list[psutil.Process]:
+        return [
+            p
+            for p in me.children(recursive=True)
+            if p.pid not in children_before and p.status() != psutil.STATUS_ZOMBIE
+        ]
+
+    def leaked_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in threads_before]
+
+    try:
+        wait_until(lambda: not leaked_children(), "worker processes to exit", 10)
+    except AssertionError:
+        leaked = leaked_children()
+        for process in leaked:
+            process.kill()
+        pytest.fail(f"leaked worker processes: {[p.pid for p in leaked]}")
+    try:
+        wait_until(lambda: not leaked_threads(), "executor threads to exit", 10)
+    except AssertionError:
+        pytest.fail(f"leaked threads: {leaked_threads()}")
