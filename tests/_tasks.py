@@ -147,3 +147,12 @@ def init_count(path: str) -> int:
     with open(path, "a") as log:
         log.write(f"{os.getpid()}\n")
     return os.getpid()
+
+
+def read_initialized_pid() -> int | None:
+    return _initialized_pid
+
+
+def pid_after_barrier(barrier: Any) -> int:
+    barrier.wait()
+    return os.getpid()

@@ -39,6 +39,21 @@ def manager() -> Iterator[Any]:
         yield manager
 
 
+_PROCESS_WIDE_HELPERS = ("resource_tracker", "forkserver")
+"""multiprocessing's and loky's resource trackers and the forkserver: one per
+interpreter, started on first use and kept until exit by design."""
+
+
+def _is_process_wide_helper(process: psutil.Process) -> bool:
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        command = " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return True
+    return any(helper in command for helper in _PROCESS_WIDE_HELPERS)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_workers_or_threads() -> Iterator[None]:
     """Every test must leave no worker process and no executor thread behind."""
@@ -51,7 +66,7 @@ def no_leaked_workers_or_threads() -> Iterator[None]:
         return [
             p
             for p in me.children(recursive=True)
-            if p.pid not in children_before and p.status() != psutil.STATUS_ZOMBIE
+            if p.pid not in children_before and not _is_process_wide_helper(p)
         ]
 
     def leaked_threads() -> list[threading.Thread]:

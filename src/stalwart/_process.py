@@ -405,7 +405,9 @@ class _Dispatcher:
     # -- replies ----------------------------------------------------------------
 
     def _on_pipe(self, key: selectors.SelectorKey, mask: int) -> None:
-        slot = self._slot_by_fd[key.fd]
+        slot = self._slot_by_fd.get(key.fd)
+        if slot is None:
+            return  # its sentinel fired earlier in the same select(): already gone
         if mask & selectors.EVENT_WRITE:
             self._flush(slot)
             if not slot.outbox:
@@ -474,7 +476,9 @@ class _Dispatcher:
     # -- worker death -----------------------------------------------------------
 
     def _on_sentinel(self, key: selectors.SelectorKey, mask: int) -> None:
-        slot = self._slot_by_fd[key.fd]
+        slot = self._slot_by_fd.get(key.fd)
+        if slot is None:
+            return
         if self.selector.get_map().get(slot.fd) is not None:
             self._read(slot, until_eof=True)  # what it sent before dying counts
         self._forget_slot(slot)
@@ -601,9 +605,13 @@ class _Dispatcher:
 
     def _stop_workers(self) -> None:
         slots = list(self.slots)
+        stop = pickle.dumps(None, _HIGHEST)
         for slot in slots:
             if slot.ready:
-                slot.conn.close()  # EOF: the worker finishes and exits by itself
+                # An explicit stop, not just EOF: under fork a worker holds a copy
+                # of our end of its own pipe, so closing ours is no EOF to it.
+                self._send(slot, stop)
+                slot.conn.close()
             else:
                 slot.process.terminate()  # still starting: nothing to finish
         deadline = time.monotonic() + WORKER_EXIT_GRACE_S
