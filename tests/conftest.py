@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT
+) -> Any:
     """Poll `predicate` until it is truthy; fail naming `what` after `timeout` s.
 
     For OS state that offers no event to wait on (a pid that must vanish); the

@@ -117,7 +117,10 @@ def test_a_done_callback_may_submit_more_work() -> None:
 
 def test_one_worker_runs_everything_in_one_process() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
-        pids = {f.result(timeout=TIMEOUT) for f in [ex.submit(_tasks.pid) for _ in range(20)]}
+        pids = {
+            f.result(timeout=TIMEOUT)
+            for f in [ex.submit(_tasks.pid) for _ in range(20)]
+        }
     assert len(pids) == 1
     assert os.getpid() not in pids
 
@@ -162,7 +165,7 @@ def test_mp_context_accepts_a_context_object() -> None:
 
 
 def test_an_unknown_start_method_names_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="start methods.*spawn"):
+    with pytest.raises(ValueError, match=r"start methods.*spawn"):
         stalwart.ProcessPoolExecutor(mp_context="teleport")
 
 

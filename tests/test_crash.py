@@ -73,8 +73,10 @@ def test_an_idle_worker_that_dies_is_replaced_silently() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
         first_pid = ex.submit(_tasks.pid).result(timeout=TIMEOUT)
         os.kill(first_pid, signal.SIGKILL)
-        wait_until(lambda: not psutil.pid_exists(first_pid) or _is_zombie(first_pid),
-                   "the killed worker to die")
+        wait_until(
+            lambda: not psutil.pid_exists(first_pid) or _is_zombie(first_pid),
+            "the killed worker to die",
+        )
         assert ex.submit(_tasks.add, 1, 1).result(timeout=TIMEOUT) == 2
         assert ex.submit(_tasks.pid).result(timeout=TIMEOUT) != first_pid
 

@@ -42,6 +42,6 @@ def test_exception_that_cannot_be_rebuilt_arrives_as_remote_error() -> None:
 def test_the_worker_survives_a_raising_task() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
         pid = ex.submit(_tasks.pid).result(timeout=TIMEOUT)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="x"):
             ex.submit(_tasks.raise_value_error, "x").result(timeout=TIMEOUT)
         assert ex.submit(_tasks.pid).result(timeout=TIMEOUT) == pid

@@ -16,12 +16,16 @@ def test_worker_state_is_what_the_initializer_returned() -> None:
     with stalwart.ProcessPoolExecutor(
         max_workers=1, initializer=_tasks.init_model, initargs=("resnet",)
     ) as ex:
-        name, model_pid, doubled = ex.submit(_tasks.use_model, 21).result(timeout=TIMEOUT)
+        name, model_pid, doubled = ex.submit(_tasks.use_model, 21).result(
+            timeout=TIMEOUT
+        )
         assert (name, doubled) == ("resnet", 42)
         assert model_pid == ex.submit(_tasks.pid).result(timeout=TIMEOUT)
 
 
-def test_the_initializer_runs_once_per_worker_and_state_persists(tmp_path: Path) -> None:
+def test_the_initializer_runs_once_per_worker_and_state_persists(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "init.log"
     with stalwart.ProcessPoolExecutor(
         max_workers=1, initializer=_tasks.init_model, initargs=("m",)
@@ -61,7 +65,7 @@ def test_a_failing_initializer_breaks_the_executor_with_its_traceback(
     error = info.value
     assert "OSError: no GPU found" in str(error)
     assert "3 workers in a row" in str(error)
-    assert 'raise OSError(message)' in error.remote_traceback
+    assert "raise OSError(message)" in error.remote_traceback
     assert "no GPU found" in str(error.__cause__)
     with pytest.raises(stalwart.InitializerError):
         ex.submit(_tasks.echo, 2)

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.context import BaseContext
 
-DEFAULT_START_METHOD = "loky"
+DEFAULT_START_METHOD = "loky_init_main"
 """loky's fork+exec start: a fresh interpreter, safe when the parent runs threads
-or has initialised CUDA (plain ``fork`` is neither)."""
+or has initialised CUDA (plain ``fork`` is neither), which imports the main
+script as spawn does, so ``__main__`` functions can travel by reference."""
 
 
 def usable_cpu_count() -> int:
@@ -84,7 +85,7 @@ def check_initializer(
         )
 
 
-def check_max_tasks_per_child(max_tasks_per_child: int | None) -> None:
+def check_max_tasks_per_child(max_tasks_per_child: object) -> None:
     if max_tasks_per_child is None:
         return
     if isinstance(max_tasks_per_child, bool) or not isinstance(
@@ -100,15 +101,6 @@ def check_max_tasks_per_child(max_tasks_per_child: int | None) -> None:
         )
 
 
-def check_positive_seconds(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(
-            f"{name} must be None or a positive number of seconds, got {value!r}"
-        )
-
-
-def check_retries(retries: int) -> None:
+def check_retries(retries: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")

@@ -46,6 +46,7 @@ How workers end, and what follows:
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -60,7 +61,7 @@ from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing import process as mp_process
 from multiprocessing.connection import wait as wait_for_sentinels
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from stalwart import _options, _pickling, _spawn, _wire
 from stalwart._worker import WorkerConfig
@@ -137,8 +138,8 @@ class _WorkerSlot:
         "init_failure",
         "outbox",
         "process",
-        "ready",
         "reader",
+        "ready",
         "sentinel",
         "tasks_left",
     )
@@ -231,10 +232,9 @@ class _Dispatcher:
         # so a task appended after that look always finds the flag cleared.
         if not self.wake_armed:
             self.wake_armed = True
-            try:
+            # Full pipe: already awake. Closed: the thread has stopped.
+            with contextlib.suppress(OSError):
                 os.write(self.wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # full (already awake) or closed (already stopped)
 
     def request_shutdown(self, cancel_futures: bool, abort_reason: str | None) -> None:
         with self.lock:
@@ -313,7 +313,7 @@ class _Dispatcher:
             self._start_worker()
 
     def _start_worker(self) -> None:
-        parent_end, child_end = self.context.Pipe(duplex=True)  # type: ignore[attr-defined]
+        parent_end, child_end = self.context.Pipe(duplex=True)
         try:
             process = _spawn.start_worker_process(
                 self.context, child_end, self.worker_config
@@ -447,7 +447,7 @@ class _Dispatcher:
             task = self._answered(slot, reply[1], reply[3])
             try:
                 value = _pickling.loads(reply[2])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any unpickling failure, reported
                 task.future.set_exception(
                     BrokenProcessPool(
                         f"the result of {task.describe()} arrived but could not be "
@@ -484,9 +484,7 @@ class _Dispatcher:
         self._forget_slot(slot)
         slot.process.join()
         exitcode = slot.process.exitcode
-        if slot.init_failure is not None:
-            self._on_start_failure(slot, exitcode)
-        elif not slot.ready:
+        if slot.init_failure is not None or not slot.ready:
             self._on_start_failure(slot, exitcode)
         elif slot.in_flight:
             self._on_crash(slot, exitcode)
@@ -544,7 +542,7 @@ class _Dispatcher:
                 ),
                 remote_traceback=remote_traceback,
             )
-            error.__cause__ = _RemoteTraceback(remote_traceback)
+            error.__cause__ = _RemoteTraceback(remote_traceback)  # type: ignore[arg-type]
         else:
             error = WorkerCrashedError(
                 f"worker {slot.pid} exited before it was ready "
@@ -624,7 +622,7 @@ class _Dispatcher:
                     _spawn.kill_worker_tree(slot.process)
                 break
             for sentinel in wait_for_sentinels(list(alive), remaining):
-                del alive[sentinel]  # type: ignore[call-overload]
+                del alive[cast("int", sentinel)]
         for slot in slots:
             slot.process.join()
             if not slot.conn.closed:
@@ -689,7 +687,10 @@ class ProcessPoolExecutor(Executor):
             initializer_call = _pickling.serialize_call(
                 initializer, initargs, {}, action="initializer", by_value=by_value
             )
-        config = WorkerConfig(initializer_call, max_tasks_per_child, by_value)
+        main_path = None if by_value else _main_script_path()
+        config = WorkerConfig(
+            initializer_call, max_tasks_per_child, by_value, main_path
+        )
         self._max_workers = workers
         self._mp_context = context
         self._dispatcher = dispatcher = _Dispatcher(workers, context, config, retries)
@@ -755,21 +756,18 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         if chunksize == 1:
-            futures = self._submit_all(fn, zip(*iterables))
+            futures = self._submit_all(fn, zip(*iterables, strict=False))
             return _results_in_order(futures, end_time)
-        chunks = _chunks(zip(*iterables), chunksize)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
         chunk_futures = self._submit_all(_run_chunk, ((fn, chunk) for chunk in chunks))
-        return itertools.chain.from_iterable(
-            _results_in_order(chunk_futures, end_time)
-        )
+        return itertools.chain.from_iterable(_results_in_order(chunk_futures, end_time))
 
     def _submit_all(
         self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]]
     ) -> list[Future[Any]]:
         futures: list[Future[Any]] = []
         try:
-            for args in arg_tuples:
-                futures.append(self._submit(fn, args, {}, "map"))
+            futures.extend(self._submit(fn, args, {}, "map") for args in arg_tuples)
         except BaseException:
             for future in futures:  # an item failed to pickle: do not run half a map
                 future.cancel()
@@ -808,8 +806,10 @@ class ProcessPoolExecutor(Executor):
         return False if broken is None else str(broken)
 
     def __repr__(self) -> str:
-        state = "broken" if self._dispatcher.broken else (
-            "shut down" if self._dispatcher.shutdown_requested else "running"
+        state = (
+            "broken"
+            if self._dispatcher.broken
+            else ("shut down" if self._dispatcher.shutdown_requested else "running")
         )
         return (
             f"<stalwart.ProcessPoolExecutor max_workers={self._max_workers} "
@@ -825,7 +825,9 @@ def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     parts = [_short_repr(arg) for arg in args[:4]]
     if len(args) > 4:
         parts.append("...")
-    parts.extend(f"{key}={_short_repr(value)}" for key, value in list(kwargs.items())[:4])
+    parts.extend(
+        f"{key}={_short_repr(value)}" for key, value in list(kwargs.items())[:4]
+    )
     return f"{name}({', '.join(parts)})"
 
 
@@ -837,7 +839,7 @@ _repr.maxother = 30
 def _short_repr(value: object) -> str:
     try:
         return _repr.repr(value)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
         return f"<{type(value).__qualname__} object>"
 
 
@@ -882,9 +884,7 @@ def _run_chunk(fn: Callable[..., R], chunk: tuple[tuple[Any, ...], ...]) -> list
     return [fn(*args) for args in chunk]
 
 
-def _results_in_order(
-    futures: list[Future[R]], end_time: float | None
-) -> Iterator[R]:
+def _results_in_order(futures: list[Future[R]], end_time: float | None) -> Iterator[R]:
     """Yield results in submission order; cancel the rest if abandoned (stdlib)."""
     futures.reverse()  # pop() from the end is O(1) and drops our reference early
     try:
@@ -901,6 +901,20 @@ def _results_in_order(
     finally:
         for future in futures:
             future.cancel()
+
+
+def _main_script_path() -> str | None:
+    """The main script's path, recorded now for workers started later.
+
+    CPython deletes ``__main__.__file__`` once the script body has run, so a
+    worker started after that (``shutdown(wait=False)`` at the end of a script)
+    would otherwise not import the script its tasks refer to.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return None  # run with -m: loky and spawn find it by module name
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if isinstance(path, str) else None
 
 
 def _refuse_while_bootstrapping() -> None:

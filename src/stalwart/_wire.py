@@ -20,7 +20,9 @@ import struct
 
 READY = 0  # (READY, pid): the initializer succeeded; send tasks
 RESULT = 1  # (RESULT, task_id, value, busy_s)
-RESULT_BYTES = 2  # (RESULT_BYTES, task_id, pickled_value, busy_s): value needed cloudpickle
+RESULT_BYTES = (
+    2  # (RESULT_BYTES, task_id, pickled_value, busy_s): value needed cloudpickle
+)
 ERROR = 3  # (ERROR, task_id, exception, remote_traceback_text, busy_s)
 INIT_FAILED = 4  # (INIT_FAILED, summary, remote_traceback_text)
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import multiprocessing.process
+import multiprocessing.spawn
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -44,6 +47,7 @@ class WorkerConfig:
     initializer_call: bytes | None  # serialize_call(initializer, initargs, {})
     max_tasks: int | None  # max_tasks_per_child
     by_value: bool  # pickle replies with cloudpickle (the parent's policy)
+    main_path: str | None  # the parent's main script, to import as spawn does
 
 
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
@@ -53,6 +57,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()  # an unexpected crash still leaves its C stack on stderr
     _start_parent_watchdog()
+    _import_main_script(config.main_path)
     if not _run_initializer(conn, config):
         return
     conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
@@ -73,6 +78,26 @@ def _start_parent_watchdog() -> None:
     threading.Thread(
         target=exit_when_orphaned, name="stalwart-parent-watchdog", daemon=True
     ).start()
+
+
+def _import_main_script(main_path: str | None) -> None:
+    """Import the parent's main script as ``__mp_main__``, as spawn does.
+
+    Tasks refer to ``__main__`` functions by name. The start method usually has
+    imported the script already (then this does nothing), but not if the worker
+    was started after the parent's script body had ended.
+    """
+    main = sys.modules.get("__main__")
+    if main_path is None or getattr(main, "__file__", None) == main_path:
+        return
+    current = multiprocessing.process.current_process()
+    # Marks this as bootstrapping: a script without a __main__ guard that starts
+    # an executor at import time gets a clear error instead of recursing.
+    current._inheriting = True  # type: ignore[attr-defined]
+    try:
+        multiprocessing.spawn.prepare({"init_main_from_path": main_path})
+    finally:
+        del current._inheriting  # type: ignore[attr-defined]
 
 
 def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
@@ -120,19 +145,17 @@ def _run_call(task_id: int, call: bytes, by_value: bool) -> bytes:
     try:
         fn, args, kwargs = _pickling.loads(call)
         value = fn(*args, **kwargs)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
         return _error_reply(task_id, exc, time.perf_counter() - started)
     if not by_value:
         try:
             return pickle.dumps(
                 (_wire.RESULT, task_id, value, time.perf_counter() - started), _HIGHEST
             )
-        except Exception:
-            pass  # needs cloudpickle, or cannot be pickled: diagnosed below
+        except Exception:  # noqa: BLE001 - needs cloudpickle, or cannot be pickled
+            pass  # serialize_result below tries cloudpickle, then diagnoses
     try:
-        data = _pickling.serialize_result(
-            value, task=_task_name(fn), by_value=by_value
-        )
+        data = _pickling.serialize_result(value, task=_task_name(fn), by_value=by_value)
     except PicklingError as exc:
         return _error_reply(task_id, exc, time.perf_counter() - started)
     busy_s = time.perf_counter() - started
@@ -146,7 +169,7 @@ def _error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
             (_wire.ERROR, task_id, exc, remote_traceback, busy_s), _HIGHEST
         )
         pickle.loads(reply)  # an exception that pickles may still not unpickle
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any failure: send a RemoteError instead
         remote = RemoteError(
             f"{type(exc).__module__}.{type(exc).__qualname__}",
             _safe_str(exc),
@@ -170,6 +193,5 @@ def _task_name(fn: object) -> str:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not kill the worker
         return f"<str() of {type(exc).__qualname__} failed>"
-

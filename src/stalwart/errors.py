@@ -116,7 +116,7 @@ class PicklingError(pickle.PicklingError):
         unpicklable_type = self.unpicklable_type
         try:
             pickle.dumps(unpicklable_type)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure: send the name only
             unpicklable_type = None
         kwargs = {"path": self.path, "unpicklable_type": unpicklable_type}
         return (_rebuild_with_kwargs, (type(self), self.args, kwargs))

@@ -1,0 +1,206 @@
+"""Behaviour that needs a fresh interpreter: a real __main__, Ctrl-C, parent death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests._tasks import TIMEOUT
+from tests.conftest import _is_process_wide_helper, wait_until
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _run_script(tmp_path: Path, code: str) -> subprocess.Popen[str]:
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(code))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        out, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"script hung; stdout={out!r} stderr={err[-2000:]!r}")
+    return out, err
+
+
+def test_initializer_setting_a_main_global_is_seen_by_main_tasks(
+    tmp_path: Path,
+) -> None:
+    """The classic stdlib pattern that cloudpickle-by-value breaks (loky #206, #359)."""
+    process = _run_script(
+        tmp_path,
+        """
+        import stalwart
+
+        MODEL = None
+
+        def init(name):
+            global MODEL
+            MODEL = name
+
+        def predict(x):
+            return f"{MODEL}:{x}"
+
+        if __name__ == "__main__":
+            with stalwart.ProcessPoolExecutor(2, initializer=init, initargs=("bert",)) as ex:
+                print(sorted(ex.map(predict, range(3))))
+                print(ex.submit(lambda: predict("lambda")).result())
+        """,
+    )
+    out, err = _finish(process)
+    assert process.returncode == 0, err
+    assert out.splitlines() == ["['bert:0', 'bert:1', 'bert:2']", "bert:lambda"]
+
+
+def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
+    """No script file to re-import: __main__ functions travel by value instead."""
+    code = textwrap.dedent(
+        """
+        import stalwart
+        def square(x):
+            return x * x
+        with stalwart.ProcessPoolExecutor(1) as ex:
+            print(list(ex.map(square, range(4))))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1, 4, 9]"
+
+
+def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    process = _run_script(
+        tmp_path,
+        """
+        import sys, threading
+        import stalwart
+        import os
+
+        def pid():
+            return os.getpid()
+
+        if __name__ == "__main__":
+            ex = stalwart.ProcessPoolExecutor(2)
+            pids = {ex.submit(pid).result() for _ in range(20)}
+            print(" ".join(map(str, pids)), flush=True)
+            threading.Event().wait()  # until killed
+        """,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, process.stderr.read() if process.stderr else ""
+    workers = [psutil.Process(int(pid)) for pid in line.split()]
+    process.kill()
+    process.wait(TIMEOUT)
+    _, alive = psutil.wait_procs(workers, timeout=3)
+    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
+    process.communicate()
+
+
+def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
+    process = _run_script(
+        tmp_path,
+        """
+        import os, time
+        import stalwart
+
+        def slow(path):
+            open(path, "w").close()   # tell the test this task is running
+            time.sleep(600)           # user work that would take ten minutes
+
+        if __name__ == "__main__":
+            with stalwart.ProcessPoolExecutor(2) as ex:
+                futures = [ex.submit(slow, f"started-{i}") for i in range(10)]
+                print(os.getpid(), flush=True)
+                futures[0].result()
+        """,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == str(process.pid)
+    wait_until(lambda: (tmp_path / "started-0").exists(), "the first task to start")
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGINT)
+    _, err = _finish(process)
+    assert "KeyboardInterrupt" in err
+    _, alive = psutil.wait_procs(
+        [w for w in workers if not _is_process_wide_helper(w)], timeout=3
+    )
+    assert not alive
+    assert not (tmp_path / "started-9").exists(), (
+        "queued work should have been cancelled"
+    )
+
+
+def test_interpreter_exit_completes_submitted_work(tmp_path: Path) -> None:
+    """As in the stdlib: work submitted before exit runs, even without shutdown()."""
+    process = _run_script(
+        tmp_path,
+        """
+        import stalwart
+
+        def write(path):
+            with open(path, "w") as f:
+                f.write("done")
+
+        if __name__ == "__main__":
+            ex = stalwart.ProcessPoolExecutor(1)
+            ex.submit(write, "out.txt")
+            ex.shutdown(wait=False)
+        """,
+    )
+    _, err = _finish(process)
+    assert process.returncode == 0, err
+    assert (tmp_path / "out.txt").read_text() == "done"
+
+
+def test_an_executor_started_at_import_time_fails_clearly(tmp_path: Path) -> None:
+    """No `if __name__ == "__main__":` guard: workers re-import the script."""
+    process = _run_script(
+        tmp_path,
+        """
+        import stalwart
+
+        def echo(x):
+            return x
+
+        ex = stalwart.ProcessPoolExecutor(1)
+        try:
+            print(ex.submit(echo, 1).result(timeout=60))
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        ex.shutdown()
+        """,
+    )
+    out, err = _finish(process)
+    assert "WorkerCrashedError" in out
+    assert "__name__ == '__main__'" in out + err
