@@ -15,6 +15,7 @@ result (a model, a connection) lives in each worker: ``stalwart.worker_state()``
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -38,6 +39,10 @@ from stalwart.errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+
+# A library logs, the application decides where it goes (crash and start-up
+# decisions are logged at WARNING on "stalwart"; the exceptions carry them too).
+logging.getLogger("stalwart").addHandler(logging.NullHandler())
 
 __all__ = [
     "ALL_COMPLETED",

@@ -1,0 +1,59 @@
+"""Work for the tour: plain module-level functions, as users write them."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import threading
+import time
+
+import stalwart
+
+_loads_in_this_process = 0
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.02)  # stands for real work
+    return x * x
+
+
+def tiny(x: int) -> int:
+    return x
+
+
+def segfault() -> None:
+    faulthandler.disable()  # keep the demo's output short
+    ctypes.string_at(0)  # a genuine segmentation fault, as a buggy C extension makes
+
+
+class Model:
+    """Stands for an ML model: it holds a lock, so it cannot be pickled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def classify(self, text: str) -> str:
+        with self._lock:
+            return "positive" if text in {"good", "great", "fine", "ok"} else "negative"
+
+
+class Validator:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+
+def run_model(validator: Validator) -> str:
+    return validator.model.classify("good")
+
+
+def load_model(name: str) -> Model:
+    global _loads_in_this_process
+    _loads_in_this_process += 1
+    time.sleep(0.1)  # stands for reading weights from disk
+    return Model()
+
+
+def predict(text: str) -> tuple[str, str, int, int]:
+    model: Model = stalwart.worker_state()
+    return text, model.classify(text), os.getpid(), _loads_in_this_process
