@@ -81,6 +81,16 @@ def test_an_idle_worker_that_dies_is_replaced_silently() -> None:
         assert ex.submit(_tasks.pid).result(timeout=TIMEOUT) != first_pid
 
 
+def test_work_sent_to_a_worker_that_just_died_idle_is_not_blamed() -> None:
+    """Killed idle, then handed work before the parent noticed: re-sent, no error."""
+    with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
+        for _ in range(5):
+            victim = ex.submit(_tasks.pid).result(timeout=TIMEOUT)
+            os.kill(victim, signal.SIGKILL)
+            futures = [ex.submit(_tasks.add, i, 1) for i in range(20)]
+            assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(1, 21))
+
+
 def test_several_crashes_in_a_row_never_break_the_executor() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
         victims = [ex.submit(_tasks.die, "segv") for _ in range(5)]

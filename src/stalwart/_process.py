@@ -121,7 +121,7 @@ class _Task:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.attempts = 0  # how many times a worker started it
+        self.attempts = 0  # how many times a worker died while running it
         self.started = False  # future moved to RUNNING (cannot be cancelled)
 
     def describe(self) -> str:
@@ -142,6 +142,7 @@ class _WorkerSlot:
         "ready",
         "sentinel",
         "tasks_left",
+        "unacknowledged",
     )
 
     def __init__(
@@ -154,6 +155,9 @@ class _WorkerSlot:
         self.reader = _wire.FrameReader()
         self.outbox: collections.deque[memoryview] = collections.deque()
         self.in_flight: collections.deque[_Task] = collections.deque()
+        # Sizes of the batches sent but not yet acknowledged (RECEIVED): their
+        # tasks are in `in_flight` but the worker has not seen them.
+        self.unacknowledged: collections.deque[int] = collections.deque()
         self.ready = False  # initializer done; may receive tasks
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
@@ -365,9 +369,8 @@ class _Dispatcher:
 
     def _send_batch(self, slot: _WorkerSlot, batch: list[_Task]) -> None:
         payload = pickle.dumps([(task.id, task.call) for task in batch], _HIGHEST)
-        for task in batch:
-            task.attempts += 1
         slot.in_flight.extend(batch)
+        slot.unacknowledged.append(len(batch))
         if slot.tasks_left is not None:
             slot.tasks_left -= len(batch)
         self._send(slot, payload)
@@ -457,6 +460,8 @@ class _Dispatcher:
                 )
             else:
                 task.future.set_result(value)
+        elif kind == _wire.RECEIVED:
+            slot.unacknowledged.popleft()
         elif kind == _wire.READY:
             slot.ready = True
             self.consecutive_start_failures = 0
@@ -486,9 +491,13 @@ class _Dispatcher:
         exitcode = slot.process.exitcode
         if slot.init_failure is not None or not slot.ready:
             self._on_start_failure(slot, exitcode)
-        elif slot.in_flight:
+        elif len(slot.in_flight) > sum(slot.unacknowledged):
             self._on_crash(slot, exitcode)
         else:
+            # Died idle (perhaps just as we sent it work it never read): replace
+            # it, and its unread tasks go to other workers, blameless.
+            self.pending.extendleft(reversed(slot.in_flight))
+            slot.in_flight.clear()
             logger.debug("worker %s exited (exit code %s)", slot.pid, exitcode)
 
     def _forget_slot(self, slot: _WorkerSlot) -> None:
@@ -501,6 +510,7 @@ class _Dispatcher:
 
     def _on_crash(self, slot: _WorkerSlot, exitcode: int | None) -> None:
         crashed = slot.in_flight.popleft()
+        crashed.attempts += 1
         # The rest of its batch never started: first in line for other workers.
         self.pending.extendleft(reversed(slot.in_flight))
         slot.in_flight.clear()

@@ -11,7 +11,9 @@ itself blocked writing a large reply.
 Parent -> worker: a pickled ``list[tuple[task_id, call_bytes]]`` (a batch of
 calls, run in order), or pickled ``None`` (finish and exit).
 
-Worker -> parent: pickled tuples whose first item is the kind below.
+Worker -> parent: pickled tuples whose first item is the kind below. A worker
+acknowledges each batch as it arrives (RECEIVED), then answers each task; so a
+worker that dies before acknowledging a batch never started any of its tasks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RESULT_BYTES = (
 )
 ERROR = 3  # (ERROR, task_id, exception, remote_traceback_text, busy_s)
 INIT_FAILED = 4  # (INIT_FAILED, summary, remote_traceback_text)
+RECEIVED = 5  # (RECEIVED,): a batch arrived; its first task is starting
 
 _SHORT_HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")

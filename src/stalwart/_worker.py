@@ -6,8 +6,9 @@
            pickle the outcome, send it at once -> until None, EOF, or
            max_tasks_per_child tasks are done
 
-Each reply is sent before the next call starts, so when the worker dies the
-parent knows exactly which task it was running: the oldest one not answered.
+Each batch is acknowledged on arrival and each reply is sent before the next
+call starts, so when the worker dies the parent knows exactly which task it was
+running (the oldest one not answered), or that it was running none.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ leave orphans running (contract 9: exit within ~2 s), and a getppid() call four
 times a second costs nothing measurable."""
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
+_RECEIVED_FRAME = pickle.dumps((_wire.RECEIVED,), _HIGHEST)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def _serve(conn: Connection, config: WorkerConfig) -> None:
         batch: list[tuple[int, bytes]] | None = pickle.loads(frame)
         if batch is None:
             return
+        conn.send_bytes(_RECEIVED_FRAME)
         for task_id, call in batch:
             conn.send_bytes(_run_call(task_id, call, config.by_value))
         if tasks_left is not None:
