@@ -115,7 +115,7 @@ def dumps(obj: object, *, by_value: bool = False) -> bytes:
     return _dumps_by_value(obj, by_value)
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     """Rebuild an object from the bytes ``dumps`` made."""
     return pickle.loads(data)
 

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from stalwart import _options, _pickling, _spawn, _wire
 from stalwart._worker import WorkerConfig
-from stalwart.errors import InitializerError, WorkerCrashedError
+from stalwart.errors import InitializerError, PicklingError, WorkerCrashedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +94,10 @@ few milliseconds of work that another worker could have run."""
 MAX_DEPTH = 256
 """Upper bound on tasks in flight per worker, whatever the measured task time."""
 
+MAX_UNACKNOWLEDGED_BYTES = 32 << 20
+"""Pickled calls sent to one worker and not yet read by it. Past this, large
+arguments wait in the pending queue rather than pile up in the pipes."""
+
 WORKER_EXIT_GRACE_S = 5.0
 """How long shutdown lets a worker finish exiting on its own before killing it."""
 
@@ -117,7 +121,7 @@ class _Task:
     ) -> None:
         self.id = task_id
         self.future = future
-        self.call = call
+        self.call: bytes | None = call  # dropped once a worker has read it
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -143,6 +147,7 @@ class _WorkerSlot:
         "sentinel",
         "tasks_left",
         "unacknowledged",
+        "unacknowledged_bytes",
     )
 
     def __init__(
@@ -155,9 +160,10 @@ class _WorkerSlot:
         self.reader = _wire.FrameReader()
         self.outbox: collections.deque[memoryview] = collections.deque()
         self.in_flight: collections.deque[_Task] = collections.deque()
-        # Sizes of the batches sent but not yet acknowledged (RECEIVED): their
-        # tasks are in `in_flight` but the worker has not seen them.
-        self.unacknowledged: collections.deque[int] = collections.deque()
+        # Batches sent but not yet acknowledged (RECEIVED): their tasks are in
+        # `in_flight`, but the worker has not read them.
+        self.unacknowledged: collections.deque[list[_Task]] = collections.deque()
+        self.unacknowledged_bytes = 0
         self.ready = False  # initializer done; may receive tasks
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
@@ -168,6 +174,8 @@ class _WorkerSlot:
 
     def has_room(self, depth: int) -> bool:
         if not self.ready or len(self.in_flight) >= depth:
+            return False
+        if self.unacknowledged_bytes >= MAX_UNACKNOWLEDGED_BYTES:
             return False
         return self.tasks_left is None or self.tasks_left > 0
 
@@ -360,6 +368,8 @@ class _Dispatcher:
                     if not task.future.set_running_or_notify_cancel():
                         continue  # cancelled while queued
                     task.started = True
+                if task.call is None and not self._serialize_again(task):
+                    continue
                 batch.append(task)
                 room -= 1
             if batch:
@@ -368,17 +378,30 @@ class _Dispatcher:
                 return
 
     def _send_batch(self, slot: _WorkerSlot, batch: list[_Task]) -> None:
-        payload = pickle.dumps([(task.id, task.call) for task in batch], _HIGHEST)
+        calls = [cast("bytes", task.call) for task in batch]
+        chunks = _wire.encode_batch([task.id for task in batch], calls)
         slot.in_flight.extend(batch)
-        slot.unacknowledged.append(len(batch))
+        slot.unacknowledged.append(batch)
+        slot.unacknowledged_bytes += sum(map(len, calls))
         if slot.tasks_left is not None:
             slot.tasks_left -= len(batch)
-        self._send(slot, payload)
+        self._send(slot, chunks)
 
-    def _send(self, slot: _WorkerSlot, payload: bytes) -> None:
+    def _serialize_again(self, task: _Task) -> bool:
+        """Re-pickle a task re-sent after its worker died (its bytes were dropped
+        when the worker read them); False if that fails now, and the task failed."""
+        try:
+            task.call = _pickling.serialize_call(
+                task.fn, task.args, task.kwargs, by_value=self.by_value
+            )
+        except PicklingError as exc:  # an argument was changed since submit()
+            task.future.set_exception(exc)
+            return False
+        return True
+
+    def _send(self, slot: _WorkerSlot, chunks: list[bytes]) -> None:
         was_empty = not slot.outbox
-        slot.outbox.append(memoryview(_wire.frame_header(len(payload))))
-        slot.outbox.append(memoryview(payload))
+        slot.outbox.extend(map(memoryview, chunks))
         if was_empty:
             self._flush(slot)
             if slot.outbox:
@@ -461,7 +484,11 @@ class _Dispatcher:
             else:
                 task.future.set_result(value)
         elif kind == _wire.RECEIVED:
-            slot.unacknowledged.popleft()
+            # The worker holds these calls now: drop our copies, so the parent
+            # does not keep every large argument until its result comes back.
+            for task in slot.unacknowledged.popleft():
+                slot.unacknowledged_bytes -= len(task.call or b"")
+                task.call = None
         elif kind == _wire.READY:
             slot.ready = True
             self.consecutive_start_failures = 0
@@ -491,7 +518,7 @@ class _Dispatcher:
         exitcode = slot.process.exitcode
         if slot.init_failure is not None or not slot.ready:
             self._on_start_failure(slot, exitcode)
-        elif len(slot.in_flight) > sum(slot.unacknowledged):
+        elif len(slot.in_flight) > sum(map(len, slot.unacknowledged)):
             self._on_crash(slot, exitcode)
         else:
             # Died idle (perhaps just as we sent it work it never read): replace
@@ -613,12 +640,11 @@ class _Dispatcher:
 
     def _stop_workers(self) -> None:
         slots = list(self.slots)
-        stop = pickle.dumps(None, _HIGHEST)
         for slot in slots:
             if slot.ready:
                 # An explicit stop, not just EOF: under fork a worker holds a copy
                 # of our end of its own pipe, so closing ours is no EOF to it.
-                self._send(slot, stop)
+                self._send(slot, [_wire.frame_header(0)])
                 slot.conn.close()
             else:
                 slot.process.terminate()  # still starting: nothing to finish

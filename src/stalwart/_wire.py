@@ -8,8 +8,11 @@ returned, which is what lets one I/O thread keep up with thousands of replies a
 second, and a non-blocking write can never deadlock against a worker that is
 itself blocked writing a large reply.
 
-Parent -> worker: a pickled ``list[tuple[task_id, call_bytes]]`` (a batch of
-calls, run in order), or pickled ``None`` (finish and exit).
+Parent -> worker: a batch of calls, run in order: a count, then a (task id,
+size) pair per call, then the calls' pickled bytes back to back. The calls are
+not pickled again into the frame: the parent ``writev``s the bytes that
+``submit()`` made, and the worker unpickles each from a slice of the frame. An
+empty frame means: finish and exit.
 
 Worker -> parent: pickled tuples whose first item is the kind below. A worker
 acknowledges each batch as it arrives (RECEIVED), then answers each task; so a
@@ -19,6 +22,10 @@ worker that dies before acknowledging a batch never started any of its tasks.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 READY = 0  # (READY, pid): the initializer succeeded; send tasks
 RESULT = 1  # (RESULT, task_id, value, busy_s)
@@ -29,6 +36,10 @@ ERROR = 3  # (ERROR, task_id, exception, remote_traceback_text, busy_s)
 INIT_FAILED = 4  # (INIT_FAILED, summary, remote_traceback_text)
 RECEIVED = 5  # (RECEIVED,): a batch arrived; its first task is starting
 
+STOP = b""
+
+_BATCH_COUNT = struct.Struct("!I")
+_BATCH_ENTRY_SIZE = 16  # two unsigned 64-bit ints: task id, call size
 _SHORT_HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 _SHORT_LIMIT = 0x7FFFFFFF
@@ -39,6 +50,27 @@ def frame_header(payload_size: int) -> bytes:
     if payload_size > _SHORT_LIMIT:
         return _SHORT_HEADER.pack(-1) + _LONG_HEADER.pack(payload_size)
     return _SHORT_HEADER.pack(payload_size)
+
+
+def encode_batch(task_ids: list[int], calls: list[bytes]) -> list[bytes]:
+    """One batch frame as chunks for ``os.writev``, header first; calls not copied."""
+    sizes = map(len, calls)
+    entries = [value for pair in zip(task_ids, sizes, strict=True) for value in pair]
+    index = struct.pack(f"!I{len(entries)}Q", len(task_ids), *entries)
+    size = len(index) + sum(map(len, calls))
+    return [frame_header(size), index, *calls]
+
+
+def decode_batch(payload: bytes) -> Iterator[tuple[int, memoryview]]:
+    """The (task id, pickled call) pairs of a batch frame, as zero-copy slices."""
+    (count,) = _BATCH_COUNT.unpack_from(payload)
+    entries = struct.unpack_from(f"!{2 * count}Q", payload, _BATCH_COUNT.size)
+    view = memoryview(payload)
+    offset = _BATCH_COUNT.size + _BATCH_ENTRY_SIZE * count
+    for i in range(count):
+        size = entries[2 * i + 1]
+        yield entries[2 * i], view[offset : offset + size]
+        offset += size
 
 
 class FrameReader:

@@ -129,19 +129,18 @@ def _serve(conn: Connection, config: WorkerConfig) -> None:
             frame = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the parent closed our pipe: shut down
-        batch: list[tuple[int, bytes]] | None = pickle.loads(frame)
-        if batch is None:
+        if frame == _wire.STOP:
             return
         conn.send_bytes(_RECEIVED_FRAME)
-        for task_id, call in batch:
+        for task_id, call in _wire.decode_batch(frame):
             conn.send_bytes(_run_call(task_id, call, config.by_value))
-        if tasks_left is not None:
-            tasks_left -= len(batch)
-            if tasks_left <= 0:
-                return  # recycled: the parent sends no more than max_tasks
+            if tasks_left is not None:
+                tasks_left -= 1
+        if tasks_left is not None and tasks_left <= 0:
+            return  # recycled: the parent sends no more than max_tasks
 
 
-def _run_call(task_id: int, call: bytes, by_value: bool) -> bytes:
+def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
     """Run one call and return the reply frame; never raises for a task's failure."""
     started = time.perf_counter()
     fn: Any = None
