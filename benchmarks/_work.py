@@ -1,0 +1,51 @@
+"""The functions the benchmarks submit.
+
+They live in an importable module, not in a benchmark's ``__main__``, so every pool
+pickles them by reference and the workers import them, as they would in real code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def tiny(i: int) -> int:
+    """As little work as a task can do: the pool's own overhead is all there is."""
+    return i
+
+
+def worker_pid(delay_s: float = 0.0) -> int:
+    """Which worker ran this (used to warm pools until every worker has answered)."""
+    if delay_s:
+        time.sleep(delay_s)
+    return os.getpid()
+
+
+def nap(index: int, seconds: float, crash_index: int, stamp_path: str) -> tuple:
+    """Sleep, then return ``(index, pid)``; task ``crash_index`` segfaults instead.
+
+    Before segfaulting it writes ``time.time()`` to ``stamp_path``, so the parent
+    can time what happens after the crash.
+    """
+    if index == crash_index:
+        _segfault(stamp_path)
+    time.sleep(seconds)
+    return index, os.getpid()
+
+
+def _segfault(stamp_path: str) -> None:
+    import ctypes
+    import faulthandler
+    import resource
+
+    faulthandler.disable()  # no traceback spew on the benchmark's stderr
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file either
+    with open(stamp_path, "w") as stamp:
+        stamp.write(repr(time.time()))
+    ctypes.string_at(0)
+
+
+def length(data: bytes) -> int:
+    """Return the size of the argument: its transfer is the whole cost."""
+    return len(data)
