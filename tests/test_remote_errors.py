@@ -45,3 +45,24 @@ def test_the_worker_survives_a_raising_task() -> None:
         with pytest.raises(ValueError, match="x"):
             ex.submit(_tasks.raise_value_error, "x").result(timeout=TIMEOUT)
         assert ex.submit(_tasks.pid).result(timeout=TIMEOUT) == pid
+
+
+class _FailsToUnpickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_tasks.raise_value_error, ("cannot rebuild me",))
+
+
+def return_fails_to_unpickle() -> _FailsToUnpickle:
+    return _FailsToUnpickle()
+
+
+def test_a_result_that_cannot_be_unpickled_fails_only_that_task() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
+        with pytest.raises(BrokenProcessPool, match="could not be unpickled") as info:
+            ex.submit(return_fails_to_unpickle).result(timeout=TIMEOUT)
+        assert "cannot rebuild me" in str(info.value.__cause__)
+        assert (
+            ex.submit(_tasks.echo, "still fine").result(timeout=TIMEOUT) == "still fine"
+        )

@@ -173,11 +173,17 @@ class _WorkerSlot:
         return self.process.pid
 
     def has_room(self, depth: int) -> bool:
-        if not self.ready or len(self.in_flight) >= depth:
+        if self.tasks_left is not None and self.tasks_left <= 0:
             return False
-        if self.unacknowledged_bytes >= MAX_UNACKNOWLEDGED_BYTES:
+        if not self.ready:
+            # One task is reserved for a starting worker, which reads it once its
+            # initializer is done (the stdlib's call queue likewise holds tasks
+            # for workers still starting): it counts as running, so
+            # shutdown(cancel_futures=True) right after submit() spares it.
+            return not self.in_flight
+        if len(self.in_flight) >= depth:
             return False
-        return self.tasks_left is None or self.tasks_left > 0
+        return self.unacknowledged_bytes < MAX_UNACKNOWLEDGED_BYTES
 
 
 class _Dispatcher:
@@ -212,6 +218,8 @@ class _Dispatcher:
         # returned, no task can slip into `pending` behind the I/O thread's back.
         self.lock = threading.Lock()
         self.shutdown_requested = False
+        self.cancel_pending = False  # shutdown(cancel_futures=True) asked for it
+        self.cancel_requested = threading.Event()  # ... and the I/O thread did it
         self.abort_reason: str | None = None
         self.broken: BrokenProcessPool | None = None
 
@@ -229,13 +237,20 @@ class _Dispatcher:
 
     def enqueue(self, task: _Task) -> None:
         """Queue a task (caller holds ``self.lock``) and wake the I/O thread."""
-        self.pending.append(task)
         if self.thread is None:
-            self.thread = threading.Thread(
+            thread = threading.Thread(
                 target=self._run, name="stalwart-dispatcher", daemon=True
             )
-            self.thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # interpreter finalizing, or no threads left
+                raise RuntimeError(
+                    f"cannot schedule new futures: stalwart's dispatcher thread "
+                    f"could not start ({exc})"
+                ) from exc
+            self.thread = thread
             _live_dispatchers.add(self)
+        self.pending.append(task)
         self.wake()
 
     def wake(self) -> None:
@@ -253,11 +268,26 @@ class _Dispatcher:
             self.shutdown_requested = True
             if abort_reason is not None:
                 self.abort_reason = abort_reason
-            if cancel_futures or abort_reason is not None:
-                for task in list(self.pending):
-                    if not task.started:
-                        task.future.cancel()
+            thread = self.thread
+            cancel_here = thread is None or thread is threading.current_thread()
+            if (cancel_futures or abort_reason is not None) and cancel_here:
+                self._cancel_pending()
+            elif cancel_futures:
+                self.cancel_requested.clear()
+                self.cancel_pending = True
             self.wake()
+        if cancel_futures and not cancel_here:
+            # The I/O thread first hands idle workers their next tasks, as the
+            # stdlib's call queue would have, then cancels the rest; shutdown()
+            # returns only once those futures are cancelled.
+            assert thread is not None
+            while not self.cancel_requested.wait(0.1) and thread.is_alive():
+                pass
+
+    def _cancel_pending(self) -> None:
+        for task in list(self.pending):
+            if not task.started:
+                task.future.cancel()
 
     def join(self) -> None:
         thread = self.thread
@@ -281,19 +311,31 @@ class _Dispatcher:
         finally:
             self._stop_workers()
             self._close()
+            self.cancel_requested.set()  # never leave shutdown() waiting
 
     def _loop(self) -> None:
+        # The thread starts with a wake-up pending (submit() queued a task), so
+        # the first select() returns at once.
         while True:
-            self._start_workers_as_needed()
             for key, mask in self.selector.select():
                 key.data(key, mask)
             if self.abort_reason is not None:
                 self._abort_in_flight()
-            if self.broken is not None:
+            # Before dispatch: a starting worker is given a reserved task, and
+            # a cancel pass below must not run before the workers exist.
+            self._start_workers_as_needed()
+            if self._is_broken():
                 return
             self._dispatch()
+            if self.cancel_pending:
+                self.cancel_pending = False
+                self._cancel_pending()
+                self.cancel_requested.set()
             if self.shutdown_requested and self._is_idle():
                 return
+
+    def _is_broken(self) -> bool:
+        return self.broken is not None
 
     def _is_idle(self) -> bool:
         if any(slot.in_flight for slot in self.slots):
@@ -315,14 +357,23 @@ class _Dispatcher:
     def _start_workers_as_needed(self) -> None:
         if self.shutdown_requested and not self.pending:
             return
-        starting = sum(1 for slot in self.slots if not slot.ready)
-        waiting = len(self.pending) - starting
-        if waiting > 0 and not any(not s.in_flight for s in self.slots if s.ready):
+        # Starting workers already hold a reserved task each (see has_room), so
+        # what is still pending wants workers of its own.
+        waiting = len(self.pending)
+        if waiting and not any(not s.in_flight for s in self.slots):
             self.workers_wanted = min(
                 self.max_workers, max(self.workers_wanted, len(self.slots) + waiting)
             )
-        while len(self.slots) < self.workers_wanted:
-            self._start_worker()
+        try:
+            while len(self.slots) < self.workers_wanted:
+                self._start_worker()
+        except Exception as exc:  # noqa: BLE001 - reported on every future
+            error = BrokenProcessPool(
+                f"could not start a worker process: {exc!r}. The executor is "
+                "broken; every waiting future fails with this error."
+            )
+            error.__cause__ = exc
+            self._break(error)
 
     def _start_worker(self) -> None:
         parent_end, child_end = self.context.Pipe(duplex=True)
@@ -455,7 +506,12 @@ class _Dispatcher:
                     self.selector.unregister(slot.fd)
                 return
             for frame in slot.reader.feed(data):
-                self._on_reply(slot, pickle.loads(frame))
+                try:
+                    reply = pickle.loads(frame)
+                except BaseException as exc:  # noqa: BLE001, PERF203 - fails that task only
+                    self._on_unreadable_reply(slot, exc)
+                else:
+                    self._on_reply(slot, reply)
             if not until_eof:
                 return
 
@@ -495,6 +551,19 @@ class _Dispatcher:
         elif kind == _wire.INIT_FAILED:
             slot.init_failure = (reply[1], reply[2])
 
+    def _on_unreadable_reply(self, slot: _WorkerSlot, exc: BaseException) -> None:
+        # Only a result or an exception can fail to unpickle (a class the parent
+        # cannot import, a __reduce__ that raises), and a worker answers in
+        # order: this reply belongs to the oldest task in flight.
+        task = slot.in_flight.popleft()
+        error = BrokenProcessPool(
+            f"the result of {task.describe()} came back from worker {slot.pid} but "
+            f"could not be unpickled in the parent: {exc!r}. Return types that the "
+            "parent process can import and rebuild; the executor carries on."
+        )
+        error.__cause__ = exc
+        task.future.set_exception(error)
+
     def _answered(self, slot: _WorkerSlot, task_id: int, busy_s: float) -> _Task:
         task = slot.in_flight.popleft()
         if task.id != task_id:  # cannot happen: a worker answers in order
@@ -517,6 +586,9 @@ class _Dispatcher:
         slot.process.join()
         exitcode = slot.process.exitcode
         if slot.init_failure is not None or not slot.ready:
+            # Its reserved task was never read: first in line for the next worker.
+            self.pending.extendleft(reversed(slot.in_flight))
+            slot.in_flight.clear()
             self._on_start_failure(slot, exitcode)
         elif len(slot.in_flight) > sum(map(len, slot.unacknowledged)):
             self._on_crash(slot, exitcode)
@@ -719,13 +791,22 @@ class ProcessPoolExecutor(Executor):
         # functions can travel by reference; plain "loky" does not (by value then).
         by_value = context.get_start_method() == "loky"
         initializer_call = None
+        inherited: tuple[Any, ...] = ()
         if initializer is not None:
-            initializer_call = _pickling.serialize_call(
-                initializer, initargs, {}, action="initializer", by_value=by_value
-            )
+            try:
+                initializer_call = _pickling.serialize_call(
+                    initializer, initargs, {}, action="initializer", by_value=by_value
+                )
+            except PicklingError as error:
+                if not _is_shared_by_inheritance(error.unpicklable_type):
+                    raise
+                # A multiprocessing Queue/Lock/Event in initargs (the stdlib's
+                # own pattern) can only reach a worker as it starts: hand it to
+                # the start method, as the stdlib does.
+                inherited = (initializer, initargs)
         main_path = None if by_value else _main_script_path()
         config = WorkerConfig(
-            initializer_call, max_tasks_per_child, by_value, main_path
+            initializer_call, max_tasks_per_child, by_value, main_path, inherited
         )
         self._max_workers = workers
         self._mp_context = context
@@ -925,18 +1006,28 @@ def _results_in_order(futures: list[Future[R]], end_time: float | None) -> Itera
     futures.reverse()  # pop() from the end is O(1) and drops our reference early
     try:
         while futures:
-            future = futures.pop()
-            try:
-                if end_time is None:
-                    yield future.result()
-                else:
-                    yield future.result(end_time - time.monotonic())
-            finally:
-                future.cancel()
-                del future
+            # No local name holds the future (or its result) while we are
+            # suspended at `yield`: the caller alone decides what stays alive.
+            if end_time is None:
+                yield _result_or_cancel(futures.pop(), None)
+            else:
+                yield _result_or_cancel(futures.pop(), end_time - time.monotonic())
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: Future[R], timeout: float | None) -> R:
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()  # a timeout: stop it from running, if it has not started
+
+
+def _is_shared_by_inheritance(culprit: type | None) -> bool:
+    """multiprocessing's queues, locks, events, shared values: sent only at start."""
+    module = getattr(culprit, "__module__", "") or ""
+    return module.startswith(("multiprocessing.", "loky.backend."))
 
 
 def _main_script_path() -> str | None:

@@ -24,11 +24,12 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stalwart import _pickling, _state, _wire
-from stalwart.errors import PicklingError, RemoteError
+from stalwart.errors import RemoteError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -50,6 +51,10 @@ class WorkerConfig:
     max_tasks: int | None  # max_tasks_per_child
     by_value: bool  # pickle replies with cloudpickle (the parent's policy)
     main_path: str | None  # the parent's main script, to import as spawn does
+    # (initializer, initargs) as plain objects, when initargs hold what only
+    # process inheritance can carry (multiprocessing queues, locks, events):
+    # the start method's own pickler sends them; () otherwise.
+    inherited_initializer: tuple[Any, ...] = ()
 
 
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
@@ -57,13 +62,23 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides
     # what an interrupt means for the work, so a worker must not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()  # an unexpected crash still leaves its C stack on stderr
+    _enable_faulthandler()
     _start_parent_watchdog()
     _import_main_script(config.main_path)
     if not _run_initializer(conn, config):
         return
     conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
     _serve(conn, config)
+
+
+def _enable_faulthandler() -> None:
+    """An unexpected crash should still leave its C stack on stderr."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.enable(stream)  # type: ignore[arg-type]
+        except (AttributeError, ValueError, OSError):
+            continue  # no usable fd (stderr swapped for a StringIO under fork)
+        return
 
 
 def _start_parent_watchdog() -> None:
@@ -104,9 +119,12 @@ def _import_main_script(main_path: str | None) -> None:
 
 def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
     state = None
-    if config.initializer_call is not None:
+    if config.initializer_call is not None or config.inherited_initializer:
         try:
-            initializer, initargs, _ = _pickling.loads(config.initializer_call)
+            if config.initializer_call is not None:
+                initializer, initargs, _ = _pickling.loads(config.initializer_call)
+            else:
+                initializer, initargs = config.inherited_initializer
             state = initializer(*initargs)
         except BaseException as exc:
             # The stdlib logs here too; code that watches 'concurrent.futures'
@@ -143,9 +161,19 @@ def _serve(conn: Connection, config: WorkerConfig) -> None:
 def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
     """Run one call and return the reply frame; never raises for a task's failure."""
     started = time.perf_counter()
-    fn: Any = None
     try:
         fn, args, kwargs = _pickling.loads(call)
+    except BaseException as exc:  # noqa: BLE001 - reported as this task's failure
+        # As the stdlib: a call the worker cannot rebuild is a BrokenProcessPool
+        # for that task (here only that task: the worker carries on).
+        error = BrokenProcessPool(
+            f"the call could not be unpickled in worker {os.getpid()}: {exc!r}. "
+            "Its arguments pickle in the parent but not back in a fresh "
+            "interpreter; the worker's traceback is attached."
+        )
+        error.__cause__ = exc
+        return _error_reply(task_id, error, time.perf_counter() - started)
+    try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
         return _error_reply(task_id, exc, time.perf_counter() - started)
@@ -154,11 +182,11 @@ def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
             return pickle.dumps(
                 (_wire.RESULT, task_id, value, time.perf_counter() - started), _HIGHEST
             )
-        except Exception:  # noqa: BLE001 - needs cloudpickle, or cannot be pickled
+        except BaseException:  # noqa: BLE001 - needs cloudpickle, or cannot be pickled
             pass  # serialize_result below tries cloudpickle, then diagnoses
     try:
         data = _pickling.serialize_result(value, task=_task_name(fn), by_value=by_value)
-    except PicklingError as exc:
+    except BaseException as exc:  # noqa: BLE001 - PicklingError, or what __reduce__ raised
         return _error_reply(task_id, exc, time.perf_counter() - started)
     busy_s = time.perf_counter() - started
     return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)

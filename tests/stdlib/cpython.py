@@ -1,0 +1,81 @@
+"""Find CPython's ``test.test_concurrent_futures`` and its process-pool test classes.
+
+The suite is a single module on 3.10 and a package of ``test_*`` modules from
+3.12 on (3.11.7 and 3.12.1 here ship none). Its process-pool classes are built by
+``create_executor_tests()`` from a test mixin and one of the
+``ProcessPool{Fork,Forkserver,Spawn}Mixin`` classes, which carry ``ctx`` (the
+start method) and ``executor_type`` (the class under test); thread-pool classes
+have no ``ctx``, which is how they are left out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import multiprocessing
+import pkgutil
+import unittest
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+STDLIB_PACKAGE = "test.test_concurrent_futures"
+STDLIB_START_METHODS = ("fork", "forkserver", "spawn")
+
+EXTRA_TESTS: dict[str, dict[str, str]] = {
+    # Plain TestCase (3.13) that runs the spawn / forkserver failing-initializer
+    # classes itself, then checks the resource tracker leaked nothing.
+    "FailingInitializerResourcesTest": {
+        "test_spawn": "spawn",
+        "test_forkserver": "forkserver",
+    },
+}
+"""Process-pool tests outside the mixin classes: class name -> method -> start method."""
+
+
+def stdlib_suite_available() -> bool:
+    """Whether this interpreter ships ``test.test_concurrent_futures``."""
+    try:
+        return importlib.util.find_spec(STDLIB_PACKAGE) is not None
+    except ImportError:  # no ``test`` package at all
+        return False
+
+
+def stdlib_modules() -> list[ModuleType]:
+    """Import and return the stdlib suite's test modules."""
+    package = importlib.import_module(STDLIB_PACKAGE)
+    if not hasattr(package, "__path__"):
+        return [package]
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(package.__path__)
+        if info.name.startswith("test_")
+    )
+    return [importlib.import_module(f"{STDLIB_PACKAGE}.{name}") for name in names]
+
+
+def start_method_of(obj: object) -> str | None:
+    """The start method of a stdlib process-pool test class; None for anything else."""
+    if not (isinstance(obj, type) and issubclass(obj, unittest.TestCase)):
+        return None
+    ctx = getattr(obj, "ctx", None)
+    return ctx if isinstance(ctx, str) and hasattr(obj, "executor_type") else None
+
+
+def process_pool_classes(module: ModuleType) -> list[type[unittest.TestCase]]:
+    """The process-pool test classes defined in `module`, in name order."""
+    return [
+        obj
+        for name, obj in sorted(vars(module).items())
+        if start_method_of(obj) is not None and obj.__module__ == module.__name__
+    ]
+
+
+def get_context(method: str) -> Any:
+    """``multiprocessing.get_context``, extended with loky's start methods."""
+    if method.startswith("loky"):
+        import loky.backend
+
+        return loky.backend.get_context(method)
+    return multiprocessing.get_context(method)
