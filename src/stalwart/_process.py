@@ -101,6 +101,10 @@ arguments wait in the pending queue rather than pile up in the pipes."""
 WORKER_EXIT_GRACE_S = 5.0
 """How long shutdown lets a worker finish exiting on its own before killing it."""
 
+_LIVENESS_CHECK_S = 1.0
+"""When the I/O thread has had nothing to do for this long, it asks the OS
+(waitpid) whether any worker died unnoticed (see _reap_silent_deaths)."""
+
 _READ_SIZE = 1 << 20
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 
@@ -317,8 +321,11 @@ class _Dispatcher:
         # The thread starts with a wake-up pending (submit() queued a task), so
         # the first select() returns at once.
         while True:
-            for key, mask in self.selector.select():
+            events = self.selector.select(_LIVENESS_CHECK_S)
+            for key, mask in events:
                 key.data(key, mask)
+            if not events:
+                self._reap_silent_deaths()
             if self.abort_reason is not None:
                 self._abort_in_flight()
             # Before dispatch: a starting worker is given a reserved task, and
@@ -578,8 +585,22 @@ class _Dispatcher:
 
     def _on_sentinel(self, key: selectors.SelectorKey, mask: int) -> None:
         slot = self._slot_by_fd.get(key.fd)
-        if slot is None:
-            return
+        if slot is not None:
+            self._on_worker_exit(slot)
+
+    def _reap_silent_deaths(self) -> None:
+        """Find workers that died without their sentinel firing.
+
+        Under the plain ``fork`` start method a worker forked by another thread
+        (another executor's) can inherit a copy of this worker's sentinel pipe,
+        so the pipe only closes when that other process exits; ``waitpid``
+        (``exitcode``) is authoritative whatever file descriptors leaked.
+        """
+        for slot in list(self.slots):
+            if slot.process.exitcode is not None:
+                self._on_worker_exit(slot)
+
+    def _on_worker_exit(self, slot: _WorkerSlot) -> None:
         if self.selector.get_map().get(slot.fd) is not None:
             self._read(slot, until_eof=True)  # what it sent before dying counts
         self._forget_slot(slot)
@@ -729,8 +750,12 @@ class _Dispatcher:
                     logger.warning("worker %s did not exit; killing it", slot.pid)
                     _spawn.kill_worker_tree(slot.process)
                 break
-            for sentinel in wait_for_sentinels(list(alive), remaining):
-                del alive[cast("int", sentinel)]
+            # Short waits: under fork a sentinel may never fire (see
+            # _reap_silent_deaths), so the exit code is checked as well.
+            wait_for_sentinels(list(alive), min(remaining, 0.05))
+            for sentinel, slot in list(alive.items()):
+                if slot.process.exitcode is not None:
+                    del alive[sentinel]
         for slot in slots:
             slot.process.join()
             if not slot.conn.closed:
