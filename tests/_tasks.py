@@ -7,7 +7,6 @@ import faulthandler
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import stalwart
@@ -24,13 +23,6 @@ def add(a: int, b: int) -> int:
 
 
 def pid() -> int:
-    return os.getpid()
-
-
-def pid_after(gate: Any) -> int:
-    """Return the worker's pid once `gate` opens, so that several tasks overlap."""
-    if not gate.wait(TIMEOUT):
-        raise TimeoutError("test gate never opened")
     return os.getpid()
 
 
@@ -95,19 +87,6 @@ def return_lock() -> Any:
 
 def return_lambda() -> Any:
     return lambda x: x + 1
-
-
-def sleep_for(seconds: float) -> float:
-    time.sleep(seconds)  # a task that takes time, as user work does
-    return seconds
-
-
-def spin_ms(ms: float) -> int:
-    end = time.perf_counter() + ms / 1000
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
-    return n
 
 
 # -- initializers --------------------------------------------------------------

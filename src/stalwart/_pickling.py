@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "describe_call",
+    "describe_task",
     "diagnose_unpicklable",
     "dumps",
     "loads",
@@ -624,14 +625,28 @@ def describe_call(
     Never raises: an argument whose repr fails shows as ``<module.Type object>``.
     """
     try:
-        qualname = getattr(fn, "__qualname__", None)
-        shown = [qualname if isinstance(qualname, str) else _short_repr(fn)]
-        items: list[str] = [_short_repr(arg) for arg in args[: _MAX_ARGS_SHOWN + 1]]
-        for name, value in list(kwargs.items())[: _MAX_ARGS_SHOWN + 1]:
-            items.append(f"{name}={_short_repr(value)}")
-        total = len(args) + len(kwargs)
-        if total > _MAX_ARGS_SHOWN:
-            items = [*items[:_MAX_ARGS_SHOWN], "..."]
-        return f"{action}({', '.join(shown + items)})"
+        return f"{action}({', '.join([_callable_name(fn), *_shown_arguments(args, kwargs)])})"
     except Exception:  # noqa: BLE001 - only describes; must never raise
         return f"{action}({_placeholder(fn)}, ...)"
+
+
+def describe_task(fn: object, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """Short text of a task as it ran, e.g. ``crash('segv')``; never raises."""
+    try:
+        return f"{_callable_name(fn)}({', '.join(_shown_arguments(args, kwargs))})"
+    except Exception:  # noqa: BLE001 - only describes; must never raise
+        return f"{_placeholder(fn)}(...)"
+
+
+def _callable_name(fn: object) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else _short_repr(fn)
+
+
+def _shown_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[str]:
+    items: list[str] = [_short_repr(arg) for arg in args[: _MAX_ARGS_SHOWN + 1]]
+    for name, value in list(kwargs.items())[: _MAX_ARGS_SHOWN + 1]:
+        items.append(f"{name}={_short_repr(value)}")
+    if len(args) + len(kwargs) > _MAX_ARGS_SHOWN:
+        items = [*items[:_MAX_ARGS_SHOWN], "..."]
+    return items
