@@ -51,7 +51,6 @@ import itertools
 import logging
 import os
 import pickle
-import reprlib
 import selectors
 import sys
 import threading
@@ -235,7 +234,6 @@ class _Dispatcher:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
         self.thread: threading.Thread | None = None
-        self.closed = False
 
     # -- called from user threads -------------------------------------------
 
@@ -536,14 +534,8 @@ class _Dispatcher:
             task = self._answered(slot, reply[1], reply[3])
             try:
                 value = _pickling.loads(reply[2])
-            except Exception as exc:  # noqa: BLE001 - any unpickling failure, reported
-                task.future.set_exception(
-                    BrokenProcessPool(
-                        f"the result of {task.describe()} arrived but could not be "
-                        f"unpickled in the parent: {exc!r}. Return types the parent "
-                        "can import."
-                    )
-                )
+            except BaseException as exc:  # noqa: BLE001 - fails that task only
+                self._fail_unreadable_result(slot, task, exc)
             else:
                 task.future.set_result(value)
         elif kind == _wire.RECEIVED:
@@ -562,7 +554,11 @@ class _Dispatcher:
         # Only a result or an exception can fail to unpickle (a class the parent
         # cannot import, a __reduce__ that raises), and a worker answers in
         # order: this reply belongs to the oldest task in flight.
-        task = slot.in_flight.popleft()
+        self._fail_unreadable_result(slot, slot.in_flight.popleft(), exc)
+
+    def _fail_unreadable_result(
+        self, slot: _WorkerSlot, task: _Task, exc: BaseException
+    ) -> None:
         error = BrokenProcessPool(
             f"the result of {task.describe()} came back from worker {slot.pid} but "
             f"could not be unpickled in the parent: {exc!r}. Return types that the "
@@ -763,7 +759,6 @@ class _Dispatcher:
         self.slots.clear()
 
     def _close(self) -> None:
-        self.closed = True
         self.selector.close()
         os.close(self.wake_r)
         with self.lock:
@@ -960,29 +955,10 @@ class ProcessPoolExecutor(Executor):
 
 
 def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """A short, never-raising description of a call, e.g. ``crash('segv')``."""
-    name = getattr(fn, "__qualname__", None) or _short_repr(fn)
+    """A short, never-raising description of a task, e.g. ``crash('segv')``."""
     if fn is _run_chunk and len(args) == 2:
-        return f"a map chunk of {len(args[1])} calls to {describe_call(args[0], (), {})[:-2]}"
-    parts = [_short_repr(arg) for arg in args[:4]]
-    if len(args) > 4:
-        parts.append("...")
-    parts.extend(
-        f"{key}={_short_repr(value)}" for key, value in list(kwargs.items())[:4]
-    )
-    return f"{name}({', '.join(parts)})"
-
-
-_repr = reprlib.Repr()
-_repr.maxstring = 30
-_repr.maxother = 30
-
-
-def _short_repr(value: object) -> str:
-    try:
-        return _repr.repr(value)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
-        return f"<{type(value).__qualname__} object>"
+        return f"a map chunk of {len(args[1])} calls to {_pickling.describe_task(args[0], (), {})}"
+    return _pickling.describe_task(fn, args, kwargs)
 
 
 def _exit_description(exitcode: int | None) -> str:
@@ -1099,4 +1075,17 @@ def _on_interpreter_exit() -> None:
         dispatcher.join()
 
 
+def _forget_inherited_executors() -> None:
+    """A forked child (a fork-context worker) owns none of its parent's executors.
+
+    Without this, the worker's exit (``Process._bootstrap`` runs
+    ``threading._shutdown()``, hence the hook above) would take the inherited
+    dispatchers' locks, which another parent thread may have held at the moment
+    of the fork: they stay locked forever in the child, and the worker never exits.
+    """
+    global _live_dispatchers
+    _live_dispatchers = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_executors)
 threading._register_atexit(_on_interpreter_exit)  # type: ignore[attr-defined]

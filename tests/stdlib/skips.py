@@ -106,16 +106,7 @@ SKIPS: dict[str, str] = {
 }
 
 
-HANGS: dict[str, str] = {
-    # Not a contract difference: a stalwart bug, skipped only because it hangs
-    # (a KNOWN_BUGS entry would still run it and stall the suite for minutes).
-    "test.test_concurrent_futures.ProcessPoolForkFailingInitializerTest.test_initializer": (
-        "KNOWN BUG, 3.10 under fork only: after the deadlock tests ran in the same "
-        "process, a worker forked from stalwart's dispatcher thread never reports "
-        "its initializer failure and the future waits forever (fork from a "
-        "multi-threaded process); passes alone and under every other start method"
-    ),
-}
+HANGS: dict[str, str] = {}
 """Stalwart bugs that hang a stdlib test: skipped with the bug's description, so
 that the rest of the suite still runs. Each entry is an open bug, not a policy."""
 
