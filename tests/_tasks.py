@@ -6,7 +6,10 @@ import ctypes
 import faulthandler
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
 import stalwart
@@ -135,3 +138,28 @@ def read_initialized_pid() -> int | None:
 def pid_after_barrier(barrier: Any) -> int:
     barrier.wait()
     return os.getpid()
+
+
+# -- slow tasks (for task_timeout) -------------------------------------------------
+
+
+def nap(seconds: float, value: Any = None) -> Any:
+    """A task that takes `seconds` of wall time: the workload, not a synchronisation."""
+    time.sleep(seconds)
+    return value
+
+
+def log_run_then_hang(path: str) -> None:
+    """Append a line to `path` each time this runs, then never finish."""
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(TIMEOUT * 10)
+
+
+def start_child_then_hang(pid_path: str) -> None:
+    """Start a long-lived child process, record its pid, then never finish."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(pid_path + ".tmp", "w") as out:
+        out.write(str(child.pid))
+    os.replace(pid_path + ".tmp", pid_path)  # the reader never sees half a pid
+    time.sleep(TIMEOUT * 10)

@@ -104,3 +104,19 @@ def check_max_tasks_per_child(max_tasks_per_child: object) -> None:
 def check_retries(retries: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+
+
+def check_task_timeout(task_timeout: object) -> float | None:
+    """``task_timeout``: None (no limit) or a positive number of seconds."""
+    if task_timeout is None:
+        return None
+    if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
+        raise TypeError(
+            "task_timeout must be None or a number of seconds, got "
+            f"{type(task_timeout).__name__} {task_timeout!r}"
+        )
+    if not task_timeout > 0:  # also refuses NaN
+        raise ValueError(
+            f"task_timeout must be > 0 seconds (or None for no limit), got {task_timeout}"
+        )
+    return float(task_timeout)

@@ -64,7 +64,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from stalwart import _options, _pickling, _spawn, _wire
 from stalwart._worker import WorkerConfig
-from stalwart.errors import InitializerError, PicklingError, WorkerCrashedError
+from stalwart.errors import (
+    InitializerError,
+    PicklingError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -111,7 +116,17 @@ _HIGHEST = pickle.HIGHEST_PROTOCOL
 class _Task:
     """The parent's bookkeeping for one submitted call."""
 
-    __slots__ = ("args", "attempts", "call", "fn", "future", "id", "kwargs", "started")
+    __slots__ = (
+        "args",
+        "attempts",
+        "call",
+        "fn",
+        "future",
+        "id",
+        "kwargs",
+        "started",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -121,6 +136,7 @@ class _Task:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        timeout: float | None,
     ) -> None:
         self.id = task_id
         self.future = future
@@ -130,6 +146,7 @@ class _Task:
         self.kwargs = kwargs
         self.attempts = 0  # how many times a worker died while running it
         self.started = False  # future moved to RUNNING (cannot be cancelled)
+        self.timeout = timeout  # task_timeout, in seconds of running in a worker
 
     def describe(self) -> str:
         return describe_call(self.fn, self.args, self.kwargs)
@@ -147,10 +164,13 @@ class _WorkerSlot:
         "process",
         "reader",
         "ready",
+        "running_since",
         "sentinel",
         "tasks_left",
+        "timed_out",
         "unacknowledged",
         "unacknowledged_bytes",
+        "unacknowledged_tasks",
     )
 
     def __init__(
@@ -167,6 +187,13 @@ class _WorkerSlot:
         # `in_flight`, but the worker has not read them.
         self.unacknowledged: collections.deque[list[_Task]] = collections.deque()
         self.unacknowledged_bytes = 0
+        self.unacknowledged_tasks = 0
+        # When the oldest task in flight started running (monotonic), or None if
+        # it has not (the worker has not read it yet). The worker reads a batch
+        # only after answering the previous one, so a task starts when the reply
+        # before it, or the acknowledgement of its batch, arrives.
+        self.running_since: float | None = None
+        self.timed_out: _Task | None = None  # killed for running past its timeout
         self.ready = False  # initializer done; may receive tasks
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
@@ -176,6 +203,8 @@ class _WorkerSlot:
         return self.process.pid
 
     def has_room(self, depth: int) -> bool:
+        if self.timed_out is not None:
+            return False  # being killed
         if self.tasks_left is not None and self.tasks_left <= 0:
             return False
         if not self.ready:
@@ -216,6 +245,7 @@ class _Dispatcher:
         self.workers_wanted = 0  # grows on demand up to max_workers; deaths replaced
         self.consecutive_start_failures = 0
         self.avg_busy_s: float | None = None
+        self.timeouts_in_use = False  # some task has a task_timeout: watch the clock
 
         # Guards the shutdown/broken flags against submit(): once shutdown() has
         # returned, no task can slip into `pending` behind the I/O thread's back.
@@ -252,6 +282,8 @@ class _Dispatcher:
                 ) from exc
             self.thread = thread
             _live_dispatchers.add(self)
+        if task.timeout is not None:
+            self.timeouts_in_use = True
         self.pending.append(task)
         self.wake()
 
@@ -319,7 +351,10 @@ class _Dispatcher:
         # The thread starts with a wake-up pending (submit() queued a task), so
         # the first select() returns at once.
         while True:
-            events = self.selector.select(_LIVENESS_CHECK_S)
+            wait_s = _LIVENESS_CHECK_S
+            if self.timeouts_in_use:
+                wait_s = min(wait_s, self._kill_overdue_tasks())
+            events = self.selector.select(wait_s)
             for key, mask in events:
                 key.data(key, mask)
             if not events:
@@ -439,6 +474,7 @@ class _Dispatcher:
         slot.in_flight.extend(batch)
         slot.unacknowledged.append(batch)
         slot.unacknowledged_bytes += sum(map(len, calls))
+        slot.unacknowledged_tasks += len(batch)
         if slot.tasks_left is not None:
             slot.tasks_left -= len(batch)
         self._send(slot, chunks)
@@ -541,9 +577,12 @@ class _Dispatcher:
         elif kind == _wire.RECEIVED:
             # The worker holds these calls now: drop our copies, so the parent
             # does not keep every large argument until its result comes back.
-            for task in slot.unacknowledged.popleft():
+            batch = slot.unacknowledged.popleft()
+            slot.unacknowledged_tasks -= len(batch)
+            for task in batch:
                 slot.unacknowledged_bytes -= len(task.call or b"")
                 task.call = None
+            slot.running_since = time.monotonic()  # its first task starts now
         elif kind == _wire.READY:
             slot.ready = True
             self.consecutive_start_failures = 0
@@ -575,7 +614,41 @@ class _Dispatcher:
             )
         avg = self.avg_busy_s
         self.avg_busy_s = busy_s if avg is None else 0.9 * avg + 0.1 * busy_s
+        # The next task starts now, if the worker has already read it.
+        has_next = len(slot.in_flight) > slot.unacknowledged_tasks
+        slot.running_since = time.monotonic() if has_next else None
         return task
+
+    # -- task timeouts ------------------------------------------------------------
+
+    def _kill_overdue_tasks(self) -> float:
+        """Kill each worker whose running task is past its timeout.
+
+        Returns the seconds until the next running task's deadline, for the I/O
+        thread's select(). The killed worker's sentinel then fires, and
+        _on_worker_exit fails the task with TaskTimeoutError.
+        """
+        next_deadline_s = _LIVENESS_CHECK_S
+        now = time.monotonic()
+        for slot in list(self.slots):
+            started = slot.running_since
+            if started is None or slot.timed_out is not None or not slot.in_flight:
+                continue
+            task = slot.in_flight[0]
+            if task.timeout is None:
+                continue
+            left_s = started + task.timeout - now
+            if left_s > 0:
+                next_deadline_s = min(next_deadline_s, left_s)
+                continue
+            # A reply already in the pipe wins: the task finished in time.
+            self._read(slot, until_eof=True)
+            if slot.in_flight and slot.in_flight[0] is task:
+                slot.timed_out = task
+                _spawn.kill_worker_tree(slot.process)
+            elif slot.running_since is not None:
+                next_deadline_s = 0.0  # the next task started: look again at once
+        return next_deadline_s
 
     # -- worker death -----------------------------------------------------------
 
@@ -602,7 +675,9 @@ class _Dispatcher:
         self._forget_slot(slot)
         slot.process.join()
         exitcode = slot.process.exitcode
-        if slot.init_failure is not None or not slot.ready:
+        if slot.timed_out is not None:
+            self._on_timeout(slot, slot.timed_out)
+        elif slot.init_failure is not None or not slot.ready:
             # Its reserved task was never read: first in line for the next worker.
             self.pending.extendleft(reversed(slot.in_flight))
             slot.in_flight.clear()
@@ -650,6 +725,31 @@ class _Dispatcher:
                 attempts=crashed.attempts,
             )
         )
+
+    def _on_timeout(self, slot: _WorkerSlot, overdue: _Task) -> None:
+        """The worker was killed because `overdue` ran past its timeout."""
+        if slot.in_flight and slot.in_flight[0] is overdue:
+            slot.in_flight.popleft()
+            message = (
+                f"task {overdue.id}, {overdue.describe()}, ran longer than its "
+                f"task_timeout of {overdue.timeout:g} s, so its worker {slot.pid} was "
+                "killed, together with any processes the task started. Only this "
+                "task failed; a replacement worker was started. Raise task_timeout "
+                "if the task needs more time."
+            )
+            logger.warning("%s", message)
+            overdue.future.set_exception(
+                TaskTimeoutError(
+                    message,
+                    timeout=overdue.timeout,
+                    pid=slot.pid,
+                    task=overdue.describe(),
+                )
+            )
+        # The tasks behind it never started (or, if the overdue one answered at
+        # the last instant, the next one was cut short): they run elsewhere.
+        self.pending.extendleft(reversed(slot.in_flight))
+        slot.in_flight.clear()
 
     def _on_start_failure(self, slot: _WorkerSlot, exitcode: int | None) -> None:
         self.consecutive_start_failures += 1
@@ -788,6 +888,11 @@ class ProcessPoolExecutor(Executor):
             CUDA in the parent) that import your ``__main__`` as spawn does.
         initializer, initargs: run once in each worker; see ``worker_state()``.
         max_tasks_per_child: replace a worker after this many tasks.
+        task_timeout: seconds a task may run in a worker (counted from when it
+            starts, not from submit()); past that its worker is killed, with any
+            processes the task started, the task fails with
+            ``stalwart.TaskTimeoutError`` and a replacement worker starts.
+            A timed-out task is not retried.
         retries: re-run a task whose worker died up to this many times.
     """
 
@@ -799,6 +904,7 @@ class ProcessPoolExecutor(Executor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
         retries: int = 0,
     ) -> None:
         _refuse_while_bootstrapping()
@@ -807,6 +913,7 @@ class ProcessPoolExecutor(Executor):
         _options.check_initializer(initializer, initargs)
         _options.check_max_tasks_per_child(max_tasks_per_child)
         _options.check_retries(retries)
+        self._task_timeout = _options.check_task_timeout(task_timeout)
         # Spawn-style contexts re-import the main script in the worker, so its
         # functions can travel by reference; plain "loky" does not (by value then).
         by_value = context.get_start_method() == "loky"
@@ -849,7 +956,7 @@ class ProcessPoolExecutor(Executor):
             RuntimeError: the executor was shut down.
             BrokenProcessPool: the executor is broken (initializer keeps failing).
         """
-        return self._submit(fn, args, kwargs, "submit")
+        return self._submit(fn, args, kwargs, "submit", self._task_timeout)
 
     def _submit(
         self,
@@ -857,6 +964,7 @@ class ProcessPoolExecutor(Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         action: str,
+        task_timeout: float | None,
     ) -> Future[R]:
         call = _pickling.serialize_call(
             fn, args, kwargs, action=action, by_value=self._by_value
@@ -872,7 +980,9 @@ class ProcessPoolExecutor(Executor):
                     "cannot schedule new futures after interpreter shutdown"
                 )
             future: Future[R] = Future()
-            task = _Task(next(dispatcher.ids), future, call, fn, args, kwargs)
+            task = _Task(
+                next(dispatcher.ids), future, call, fn, args, kwargs, task_timeout
+            )
             dispatcher.enqueue(task)
         return future
 
@@ -882,29 +992,48 @@ class ProcessPoolExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        task_timeout: float | None = None,
     ) -> Iterator[R]:
         """Like the builtin ``map``, run in workers; results in input order.
 
         Every call is submitted (and pickled, so a ``PicklingError`` is raised
         here) before the first result is returned, as in the stdlib. ``chunksize``
         sends that many items per task; ``timeout`` bounds the whole iteration.
+        ``task_timeout`` overrides the executor's for these calls; a chunk of n
+        items may run n times as long, and fails as a whole when it overruns.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if task_timeout is None:
+            task_timeout = self._task_timeout
+        else:
+            task_timeout = _options.check_task_timeout(task_timeout)
         end_time = None if timeout is None else timeout + time.monotonic()
         if chunksize == 1:
-            futures = self._submit_all(fn, zip(*iterables, strict=False))
+            futures = self._submit_all(
+                fn, zip(*iterables, strict=False), task_timeout, 1
+            )
             return _results_in_order(futures, end_time)
         chunks = _chunks(zip(*iterables, strict=False), chunksize)
-        chunk_futures = self._submit_all(_run_chunk, ((fn, chunk) for chunk in chunks))
+        chunk_futures = self._submit_all(
+            _run_chunk, ((fn, chunk) for chunk in chunks), task_timeout, chunksize
+        )
         return itertools.chain.from_iterable(_results_in_order(chunk_futures, end_time))
 
     def _submit_all(
-        self, fn: Callable[..., Any], arg_tuples: Iterable[tuple[Any, ...]]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Iterable[tuple[Any, ...]],
+        task_timeout: float | None,
+        items_per_task: int,
     ) -> list[Future[Any]]:
         futures: list[Future[Any]] = []
+        if task_timeout is not None:
+            task_timeout *= items_per_task
         try:
-            futures.extend(self._submit(fn, args, {}, "map") for args in arg_tuples)
+            futures.extend(
+                self._submit(fn, args, {}, "map", task_timeout) for args in arg_tuples
+            )
         except BaseException:
             for future in futures:  # an item failed to pickle: do not run half a map
                 future.cancel()

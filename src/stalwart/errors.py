@@ -85,7 +85,30 @@ class InitializerError(BrokenProcessPool):
 
 
 class TaskTimeoutError(TimeoutError):
-    """A task ran longer than ``task_timeout``; its worker was killed and replaced."""
+    """A task ran longer than ``task_timeout``; its worker was killed and replaced.
+
+    Attributes:
+        timeout: the limit, in seconds, that the task exceeded.
+        pid: the killed worker's process id (None in a thread pool).
+        task: a short repr of the task, e.g. ``"train(3)"``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float | None = None,
+        pid: int | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.pid = pid
+        self.task = task
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {"timeout": self.timeout, "pid": self.pid, "task": self.task}
+        return (_rebuild_with_kwargs, (type(self), self.args, kwargs))
 
 
 class PicklingError(pickle.PicklingError):
