@@ -204,3 +204,60 @@ def test_an_executor_started_at_import_time_fails_clearly(tmp_path: Path) -> Non
     out, err = _finish(process)
     assert "WorkerCrashedError" in out
     assert "__name__ == '__main__'" in out + err
+
+
+def test_ctrl_c_while_exit_waits_for_work_exits_promptly(tmp_path: Path) -> None:
+    """shutdown(wait=False), script ends, exit waits for the work: Ctrl-C ends that."""
+    process = _run_script(
+        tmp_path,
+        """
+        import time
+        import stalwart
+
+        def slow(path):
+            open(path, "w").close()
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            ex = stalwart.ProcessPoolExecutor(2)
+            for i in range(4):
+                ex.submit(slow, f"started-{i}")
+            ex.shutdown(wait=False)
+        """,
+    )
+    wait_until(lambda: (tmp_path / "started-0").exists(), "the first task to start")
+    workers = [
+        w
+        for w in psutil.Process(process.pid).children(recursive=True)
+        if not _is_process_wide_helper(w)
+    ]
+    process.send_signal(signal.SIGINT)
+    _finish(process)
+    _, alive = psutil.wait_procs(workers, timeout=3)
+    assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    assert not (tmp_path / "started-3").exists(), "queued work should be cancelled"
+
+
+def test_shutdown_without_wait_then_exit_ends_overdue_tasks(tmp_path: Path) -> None:
+    """Exit waits for submitted work, and task_timeout bounds that wait."""
+    process = _run_script(
+        tmp_path,
+        """
+        import time
+        import stalwart
+
+        def slow():
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            ex = stalwart.ProcessPoolExecutor(2, task_timeout=0.5)
+            futures = [ex.submit(slow) for _ in range(3)]
+            ex.shutdown(wait=False)
+            futures[0].add_done_callback(
+                lambda f: print(type(f.exception()).__name__, flush=True)
+            )
+        """,
+    )
+    out, err = _finish(process)
+    assert process.returncode == 0, err
+    assert out.strip() == "TaskTimeoutError"

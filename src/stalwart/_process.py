@@ -1200,8 +1200,17 @@ def _on_interpreter_exit() -> None:
         dispatcher.request_shutdown(
             interrupted, "KeyboardInterrupt" if interrupted else None
         )
-    for dispatcher in dispatchers:
-        dispatcher.join()
+    try:
+        for dispatcher in dispatchers:
+            dispatcher.join()
+    except KeyboardInterrupt:
+        # Ctrl-C while exit waits for the submitted work: stop waiting, as
+        # inside a `with` block (queued work cancelled, workers killed).
+        for dispatcher in dispatchers:
+            dispatcher.request_shutdown(True, "KeyboardInterrupt")
+        for dispatcher in dispatchers:
+            dispatcher.join()
+        raise
 
 
 def _forget_inherited_executors() -> None:
