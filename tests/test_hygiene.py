@@ -10,6 +10,7 @@ import pytest
 
 import stalwart
 from tests import _tasks
+from tests._leaks import open_fds
 from tests._tasks import TIMEOUT
 from tests.conftest import wait_until
 
@@ -18,17 +19,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _open_fds() -> dict[int, str]:
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the fd listdir itself used, closed already
-    return fds
-
-
-def _use_an_executor(mp_context: str, wait: bool) -> None:
+def _use_an_executor(mp_context: str, wait: bool) -> stalwart.ProcessPoolExecutor:
     """Run work that touches every path: results, a crash, a timeout, a recycle."""
     ex = stalwart.ProcessPoolExecutor(
         2, mp_context=mp_context, task_timeout=0.3, max_tasks_per_child=50
@@ -40,6 +31,7 @@ def _use_an_executor(mp_context: str, wait: bool) -> None:
     assert isinstance(crashed.exception(timeout=TIMEOUT), stalwart.WorkerCrashedError)
     assert isinstance(overdue.exception(timeout=TIMEOUT), stalwart.TaskTimeoutError)
     ex.shutdown(wait=wait)
+    return ex  # kept alive by the test: a shut-down executor must hold nothing
 
 
 @pytest.mark.parametrize(
@@ -57,15 +49,16 @@ def test_shutdown_releases_every_fd_and_thread(mp_context: str, wait: bool) -> N
     # Process-wide helpers (resource trackers, the forkserver) start on first use
     # and stay until exit by design: let them start before counting.
     _use_an_executor(mp_context, wait=True)
-    fds_before = _open_fds()
+    fds_before = open_fds()
     threads_before = threading.active_count()
 
-    for _ in range(2):
-        _use_an_executor(mp_context, wait=wait)
+    executors = [_use_an_executor(mp_context, wait=wait) for _ in range(2)]
 
     def leaked_fds() -> dict[int, str]:
-        now = _open_fds()
-        return {fd: target for fd, target in now.items() if fds_before.get(fd) != target}
+        now = open_fds()
+        return {
+            fd: target for fd, target in now.items() if fds_before.get(fd) != target
+        }
 
     # shutdown(wait=False) returns before the I/O thread has closed everything.
     try:
@@ -77,3 +70,4 @@ def test_shutdown_releases_every_fd_and_thread(mp_context: str, wait: bool) -> N
         f"threads to exit (now {threading.enumerate()})",
         10,
     )
+    assert all("shut down" in repr(ex) for ex in executors)

@@ -857,6 +857,9 @@ class _Dispatcher:
             if not slot.conn.closed:
                 slot.conn.close()
         self.slots.clear()
+        # Nothing may keep a dead worker's Process object: loky closes its
+        # sentinel fd only when that object is collected.
+        self._slot_by_fd.clear()
 
     def _close(self) -> None:
         self.selector.close()
