@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import pytest
 
+from tests._leaks import worker_processes
 from tests._tasks import TIMEOUT
 
 if TYPE_CHECKING:
@@ -41,21 +42,6 @@ def manager() -> Iterator[Any]:
         yield manager
 
 
-_PROCESS_WIDE_HELPERS = ("resource_tracker", "forkserver")
-"""multiprocessing's and loky's resource trackers and the forkserver: one per
-interpreter, started on first use and kept until exit by design."""
-
-
-def _is_process_wide_helper(process: psutil.Process) -> bool:
-    try:
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        command = " ".join(process.cmdline())
-    except psutil.NoSuchProcess:
-        return True
-    return any(helper in command for helper in _PROCESS_WIDE_HELPERS)
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_workers_or_threads() -> Iterator[None]:
     """Every test must leave no worker process and no executor thread behind."""
@@ -65,11 +51,7 @@ def no_leaked_workers_or_threads() -> Iterator[None]:
     yield
 
     def leaked_children() -> list[psutil.Process]:
-        return [
-            p
-            for p in me.children(recursive=True)
-            if p.pid not in children_before and not _is_process_wide_helper(p)
-        ]
+        return worker_processes(exclude=children_before)
 
     def leaked_threads() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t not in threads_before]

@@ -12,8 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests._leaks import is_process_wide_helper
 from tests._tasks import TIMEOUT
-from tests.conftest import _is_process_wide_helper, wait_until
+from tests.conftest import wait_until
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -153,7 +154,7 @@ def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
     _, err = _finish(process)
     assert "KeyboardInterrupt" in err
     _, alive = psutil.wait_procs(
-        [w for w in workers if not _is_process_wide_helper(w)], timeout=3
+        [w for w in workers if not is_process_wide_helper(w)], timeout=3
     )
     assert not alive
     assert not (tmp_path / "started-9").exists(), (
@@ -229,7 +230,7 @@ def test_ctrl_c_while_exit_waits_for_work_exits_promptly(tmp_path: Path) -> None
     workers = [
         w
         for w in psutil.Process(process.pid).children(recursive=True)
-        if not _is_process_wide_helper(w)
+        if not is_process_wide_helper(w)
     ]
     process.send_signal(signal.SIGINT)
     _finish(process)
