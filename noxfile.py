@@ -41,6 +41,14 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def soak(session: nox.Session) -> None:
+    """The long fault-injection soak, stdlib and loky alongside; rewrites
+    benchmarks/RELIABILITY.md (``nox -s soak -- --quick`` for a short look)."""
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks against the stdlib, loky and pebble; rewrites benchmarks/RESULTS.md."""
     session.install(".", *nox.project.dependency_groups(PYPROJECT, "bench"))

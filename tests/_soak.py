@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -28,11 +29,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 import stalwart
 from tests import _leaks, _tasks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from concurrent.futures import Executor, Future
 
 KIND_WEIGHTS = {
@@ -143,6 +146,7 @@ class RoundReport:
     seed: str
     planned: int
     submitted: int = 0
+    refused: int = 0  # submit() raised: a broken pool refuses new work
     correct: int = 0
     cancelled: int = 0
     faults: collections.Counter[str] = dataclasses.field(
@@ -189,7 +193,9 @@ def run_round(
 
     ``strict`` judges by stalwart's contract (exact error types and attributes);
     otherwise by what any executor could deliver (a crash is any
-    BrokenProcessPool, an overdue task any TimeoutError).
+    BrokenProcessPool, an overdue task any TimeoutError). Futures still pending
+    after ``deadline_s`` count as hung; processes left alive after shutdown are
+    counted, then killed, so that rounds stay independent.
     """
     report = RoundReport(name, plan.seed, len(plan.tasks))
     children_before = {p.pid for p in _leaks.worker_processes()}
@@ -205,7 +211,7 @@ def run_round(
         shutdown_partway = False
         for task in plan.tasks:
             if task.index == plan.shutdown_at:
-                executor.shutdown(wait=False, cancel_futures=True)
+                _shutdown_cancelling_futures(executor, futures.values())
                 shutdown_partway = True
                 break
             try:
@@ -218,9 +224,12 @@ def run_round(
             if target in futures and futures[target].cancel():
                 cancel_succeeded.add(target)
         report.submitted = len(futures)
+        report.refused = len(refused)
         _, not_done = concurrent.futures.wait(futures.values(), timeout=deadline_s)
         report.hung = len(not_done)
-        _shutdown_or_report(executor, report, deadline_s)
+        hung = {index for index, future in futures.items() if future in not_done}
+        # A pool with hung futures will not shut down either: do not wait long.
+        _shutdown_or_report(executor, report, 5.0 if not_done else deadline_s)
         runs = collections.Counter(
             int(line) for line in Path(log_path).read_text().split()
         )
@@ -234,15 +243,18 @@ def run_round(
             report.faults[task.kind] += runs[task.index]
         if future is not None and future.cancelled():
             report.cancelled += 1
-        problem = _judge(
-            task,
-            future,
-            refused.get(task.index),
-            runs[task.index],
-            retries=plan.retries,
-            cancel_asked=task.index in cancel_succeeded or shutdown_partway,
-            strict=strict,
-        )
+        if task.index in hung:  # even if it resolved later, during shutdown
+            problem: str | None = "still pending after the deadline: hung"
+        else:
+            problem = _judge(
+                task,
+                future,
+                refused.get(task.index),
+                runs[task.index],
+                retries=plan.retries,
+                cancel_asked=task.index in cancel_succeeded or shutdown_partway,
+                strict=strict,
+            )
         if runs[task.index] > _expected_runs(task, plan.retries):
             report.ran_twice += 1
         if problem is None:
@@ -255,6 +267,19 @@ def run_round(
     report.leaked_processes = _count_leaked_processes(children_before)
     report.fds_after = _settled_fd_count(report.fds_before)
     return report
+
+
+def _shutdown_cancelling_futures(
+    executor: Executor, futures: Iterable[Future[Any]]
+) -> None:
+    """``shutdown(wait=False, cancel_futures=True)``, or for an executor that
+    lacks the keyword (loky), what it does: cancel every future not yet running."""
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+    except TypeError:
+        for future in futures:
+            future.cancel()
+        executor.shutdown(wait=False)
 
 
 def _shutdown_or_report(
@@ -344,13 +369,18 @@ def _judge_error(
 
 
 def _count_leaked_processes(children_before: set[int]) -> int:
-    """Worker processes still alive once shutdown() returned (allowing 5 s to exit)."""
+    """Worker processes still alive once shutdown() returned (allowing 5 s to
+    exit); they are killed once counted."""
     deadline = time.monotonic() + 5.0
     while True:
         leaked = _leaks.worker_processes(exclude=children_before)
         if not leaked or time.monotonic() > deadline:
-            return len(leaked)
+            break
         time.sleep(0.05)
+    for process in leaked:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    return len(leaked)
 
 
 def _settled_fd_count(before: int) -> int:
