@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tour_tasks import (
     Model,
     Validator,
+    hang_with_a_child,
     load_model,
     predict,
     run_model,
@@ -79,8 +80,26 @@ def state_lives_in_each_worker() -> None:
     print("the model holds an RLock and never crossed a process boundary")
 
 
+def hung_task_is_killed() -> None:
+    section("4. task_timeout kills a hung task (and the process it started)")
+    with stalwart.ProcessPoolExecutor(max_workers=2, task_timeout=1.0) as ex:
+        hung = ex.submit(hang_with_a_child)
+        others = [ex.submit(slow_square, i) for i in range(10)]
+        started = time.perf_counter()
+        try:
+            hung.result()
+        except stalwart.TaskTimeoutError as error:
+            waited = time.perf_counter() - started
+            print(f"TaskTimeoutError after {waited:.1f} s: {error}")
+        print(f"the other tasks: {[f.result() for f in others]}")
+    print(
+        "(with concurrent.futures, that task would hold a worker, and shutdown(), "
+        "forever)"
+    )
+
+
 def lambdas_and_tracebacks() -> None:
-    section("4. Lambdas travel; worker exceptions keep their traceback")
+    section("5. Lambdas travel; worker exceptions keep their traceback")
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
         print(f"a lambda ran in a worker: {ex.submit(lambda x: x**2, 12).result()}")
         try:
@@ -96,7 +115,7 @@ def lambdas_and_tracebacks() -> None:
 
 def drop_in_throughput() -> None:
     section(
-        "5. Same code, one import changed: 10k tiny tasks via submit + as_completed"
+        "6. Same code, one import changed: 10k tiny tasks via submit + as_completed"
     )
     n = 10_000
     for name, executor_type in [
@@ -120,6 +139,7 @@ def main() -> None:
     segfault_is_isolated()
     rlock_is_refused_at_submit()
     state_lives_in_each_worker()
+    hung_task_is_killed()
     lambdas_and_tracebacks()
     drop_in_throughput()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")

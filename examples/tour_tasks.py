@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +27,12 @@ def tiny(x: int) -> int:
 def segfault() -> None:
     faulthandler.disable()  # keep the demo's output short
     ctypes.string_at(0)  # a genuine segmentation fault, as a buggy C extension makes
+
+
+def hang_with_a_child() -> None:
+    """A task stuck for an hour, with a helper process of its own (say, a solver)."""
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    time.sleep(3600)
 
 
 class Model:
