@@ -641,8 +641,11 @@ class _Dispatcher:
             if left_s > 0:
                 next_deadline_s = min(next_deadline_s, left_s)
                 continue
-            # A reply already in the pipe wins: the task finished in time.
+            # A reply already in the pipe wins: the task finished in time. A
+            # worker that has died already is a crash, for its sentinel to report.
             self._read(slot, until_eof=True)
+            if slot.process.exitcode is not None:
+                continue
             if slot.in_flight and slot.in_flight[0] is task:
                 slot.timed_out = task
                 _spawn.kill_worker_tree(slot.process)
