@@ -163,3 +163,9 @@ def start_child_then_hang(pid_path: str) -> None:
         out.write(str(child.pid))
     os.replace(pid_path + ".tmp", pid_path)  # the reader never sees half a pid
     time.sleep(TIMEOUT * 10)
+
+
+def nap_then_pid(seconds: float) -> int:
+    """Take `seconds`, then say which worker ran this."""
+    time.sleep(seconds)
+    return os.getpid()

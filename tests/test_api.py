@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures as cf
 import gc
 import multiprocessing
 import os
 import threading
+import time
 from typing import Any
 
 import loky
@@ -243,3 +245,15 @@ def test_shutdown_from_a_done_callback_does_not_deadlock() -> None:
 def test_star_import_swap_exposes_the_stdlib_helpers() -> None:
     for name in ("as_completed", "wait", "FIRST_COMPLETED", "ALL_COMPLETED", "Future"):
         assert getattr(stalwart, name) is getattr(cf, name)
+
+
+def test_work_from_a_slow_producer_is_spread_over_the_workers() -> None:
+    """Tasks that trickle in one by one go to the least loaded worker, not the first."""
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        list(ex.map(abs, range(4)))  # measured task time: tiny, so depth is high
+        futures = []
+        for _ in range(100):
+            futures.append(ex.submit(_tasks.nap_then_pid, 0.02))
+            time.sleep(1e-5)  # the producer's own pace (the workload, not a wait)
+        per_worker = collections.Counter(f.result(timeout=TIMEOUT) for f in futures)
+    assert min(per_worker.values()) >= 25, per_worker

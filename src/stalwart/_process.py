@@ -447,6 +447,10 @@ class _Dispatcher:
         slots = [slot for slot in self.slots if slot.has_room(depth)]
         if not slots:
             return
+        if len(slots) > 1:
+            # Least loaded first: tasks that trickle in one at a time must not
+            # all queue up at the first worker with room.
+            slots.sort(key=lambda slot: len(slot.in_flight))
         share = -(-len(pending) // len(slots))  # spread evenly: ceil division
         for slot in slots:
             room = min(depth - len(slot.in_flight), share)
