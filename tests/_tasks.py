@@ -169,3 +169,9 @@ def nap_then_pid(seconds: float) -> int:
     """Take `seconds`, then say which worker ran this."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def init_log_then_fail(path: str) -> None:
+    """An initializer that records each attempt, then raises."""
+    init_count(path)
+    raise OSError("no GPU found")

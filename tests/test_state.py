@@ -72,6 +72,24 @@ def test_a_failing_initializer_breaks_the_executor_with_its_traceback(
     ex.shutdown()
 
 
+def test_a_failing_initializer_is_no_fork_storm_and_fails_every_pending_future(
+    tmp_path: Path,
+) -> None:
+    attempts_log = tmp_path / "attempts.log"
+    with stalwart.ProcessPoolExecutor(
+        max_workers=4,
+        initializer=_tasks.init_log_then_fail,
+        initargs=(str(attempts_log),),
+    ) as ex:
+        futures = [ex.submit(_tasks.echo, i) for i in range(50)]
+        errors = [f.exception(timeout=TIMEOUT) for f in futures]
+    assert all(isinstance(e, stalwart.InitializerError) for e in errors), errors
+    # Up to max_workers may be starting at the moment the third failure lands;
+    # none is started after it.
+    attempts = len(attempts_log.read_text().splitlines())
+    assert 3 <= attempts <= 3 + 4 - 1, attempts
+
+
 def test_initializer_error_is_a_broken_process_pool() -> None:
     from concurrent.futures.process import BrokenProcessPool
 
