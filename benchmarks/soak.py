@@ -217,8 +217,33 @@ def render(
     ]
     lines += ["", "What went wrong elsewhere, for example (first round):", ""]
     lines += [f"- {w}" for w in examples] or ["- nothing"]
-    lines += ["", "## Machine", "", *machine(), ""]
+    lines += ["", "## Reading the figures", "", *reading_notes(reports), ""]
+    lines += ["## Machine", "", *machine(), ""]
     return "\n".join(lines)
+
+
+def reading_notes(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
+    """What explains the other executors' figures, where we know it."""
+    notes = [
+        "- A shared-queue pool (the stdlib's, loky's) cannot tell which task a dead "
+        "worker held, so the first crash of a round fails every pending future and "
+        "breaks the pool; the rest of the round is refused or fails. stalwart fails "
+        "only the crashed task.",
+    ]
+    if sys.version_info < (3, 12) and any(r.hung for r in reports.get("stdlib", [])):
+        notes.append(
+            "- The stdlib's hung futures on this Python come from CPython gh-107219 "
+            "(fixed in 3.12): when a crash breaks the pool while a queued future is "
+            "cancelled, the pool's manager thread dies of `InvalidStateError` in "
+            "`terminate_broken()`, and every other future stays pending forever, "
+            "while `submit()` keeps accepting work that never runs."
+        )
+    if any(r.hung for r in reports.get("loky", [])):
+        notes.append(
+            "- loky leaves a few futures pending forever in rounds where a crash "
+            "breaks its pool; we have not looked into why."
+        )
+    return notes
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ OVERDUE_S = 5.0
 """How long a "timeout" task sleeps: far past TASK_TIMEOUT_S, yet finite, so an
 executor without task timeouts still finishes the round."""
 
+MAX_EXAMPLES = 20
+"""Wrong outcomes described in a report, at most (all are counted)."""
+
 CANCEL_PROBABILITY = 0.03
 LARGE_BYTES = (64 << 10, 1 << 20)
 
@@ -261,7 +264,7 @@ def run_round(
             report.correct += 1
         else:
             report.wrong_by_kind[task.kind] += 1
-            if len(report.wrong) < 20:
+            if len(report.wrong) < MAX_EXAMPLES:
                 report.wrong.append(f"task {task.index} ({task.kind}): {problem}")
 
     report.leaked_processes = _count_leaked_processes(children_before)
