@@ -174,14 +174,15 @@ def render(
         row("cancelled (as asked)", [f"{total(n, 'cancelled'):,}" for n in names]),
         row(
             "hung (future or shutdown never resolved)",
-            [f"{total(n, 'hung')}" for n in names],
+            [f"{total(n, 'hung'):,}" for n in names],
         ),
         row(
-            "ran more often than it should", [f"{total(n, 'ran_twice')}" for n in names]
+            "ran more often than it should",
+            [f"{total(n, 'ran_twice'):,}" for n in names],
         ),
         row(
             "leaked processes after shutdown",
-            [f"{total(n, 'leaked_processes')}" for n in names],
+            [f"{total(n, 'leaked_processes'):,}" for n in names],
         ),
         row(
             "open fds before → after each round (max)",
@@ -204,9 +205,11 @@ def render(
     for kind in ["value", *kinds]:
         cells = []
         for n in names:
-            fired = sum(r.faults[kind] for r in reports[n]) if kind != "value" else "-"
+            fired = sum(r.faults[kind] for r in reports[n])
             wrong = sum(r.wrong_by_kind[kind] for r in reports[n])
-            cells.append(f"{fired} / {wrong}")
+            cells.append(
+                f"{fired:,} / {wrong:,}" if kind != "value" else f"- / {wrong:,}"
+            )
         lines.append(row(f"`{kind}`", cells))
     examples = [
         f"{n}: {w}"
