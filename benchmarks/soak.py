@@ -241,12 +241,21 @@ def reading_notes(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
             "`terminate_broken()`, and every other future stays pending forever, "
             "while `submit()` keeps accepting work that never runs."
         )
-    if any(r.hung for r in reports.get("loky", [])):
-        notes.append(
-            "- loky leaves a few futures pending forever in rounds where a crash "
-            "breaks its pool; we have not looked into why."
-        )
+    for name in names_other_than_stalwart(reports):
+        hung = sum(r.hung for r in reports[name])
+        after_cancel = sum(r.hung_after_cancel for r in reports[name])
+        if hung and after_cancel:
+            notes.append(
+                f"- {after_cancel:,} of the {hung:,} futures {name} left pending had "
+                "had `cancel()` called on them while running (it returned False) "
+                "around the time a crash broke the pool; we have not traced the "
+                f"cause in {name}'s code."
+            )
     return notes
+
+
+def names_other_than_stalwart(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
+    return [name for name in reports if name != "stalwart"]
 
 
 if __name__ == "__main__":

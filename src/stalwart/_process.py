@@ -32,6 +32,11 @@ How workers end, and what follows:
   the rest of its batch never started and goes back to the front of the pending
   queue; a replacement worker starts.
 * Death while idle: replaced, silently.
+* ``task_timeout``: the parent knows when each task started (the worker reads a
+  batch only after answering the previous one), so once the running task is
+  overdue the I/O thread kills the worker's process tree; the task fails with
+  ``TaskTimeoutError``, the rest of its batch goes back to the pending queue,
+  and a replacement starts.
 * ``max_tasks_per_child``: a worker is sent exactly that many tasks, exits by
   itself after answering them, and is replaced (re-running the initializer).
 * Initializer raised: the worker reports INIT_FAILED and exits; it is replaced;
