@@ -257,3 +257,21 @@ def test_work_from_a_slow_producer_is_spread_over_the_workers() -> None:
             time.sleep(1e-5)  # the producer's own pace (the workload, not a wait)
         per_worker = collections.Counter(f.result(timeout=TIMEOUT) for f in futures)
     assert min(per_worker.values()) >= 25, per_worker
+
+
+def test_wait_sees_a_cancelled_future_that_never_reached_a_worker(manager: Any) -> None:
+    """cf.wait() counts a cancelled future as done only once the executor has
+    acknowledged it (set_running_or_notify_cancel); a dropped one hangs wait()."""
+    started, gate = manager.Event(), manager.Event()
+    ex = stalwart.ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1)
+    running = ex.submit(_tasks.block_until, started, gate, "ran")
+    queued = ex.submit(_tasks.echo, "never")
+    assert started.wait(TIMEOUT)
+    assert queued.cancel()
+    ex.shutdown(wait=False)
+    gate.set()
+    _, not_done = cf.wait([running, queued], timeout=TIMEOUT)
+    assert not not_done, "wait() never saw the cancelled future as done"
+    assert running.result() == "ran"
+    assert queued.cancelled()
+    ex.shutdown(wait=True)

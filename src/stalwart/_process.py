@@ -125,6 +125,7 @@ class _Task:
         "args",
         "attempts",
         "call",
+        "claimed",
         "fn",
         "future",
         "id",
@@ -151,10 +152,24 @@ class _Task:
         self.kwargs = kwargs
         self.attempts = 0  # how many times a worker died while running it
         self.started = False  # future moved to RUNNING (cannot be cancelled)
+        self.claimed = False  # set_running_or_notify_cancel() was called
         self.timeout = timeout  # task_timeout, in seconds of running in a worker
 
     def describe(self) -> str:
         return describe_call(self.fn, self.args, self.kwargs)
+
+    def claim(self) -> bool:
+        """Move the future to RUNNING; False if it was cancelled. Idempotent.
+
+        Every task leaves the executor through here, run or not: ``wait()`` and
+        ``as_completed()`` count a cancelled future as done only once its
+        executor has called ``set_running_or_notify_cancel()`` on it, so a
+        cancelled task dropped without this call would hang them forever.
+        """
+        if not self.claimed:
+            self.claimed = True
+            self.started = self.future.set_running_or_notify_cancel()
+        return self.started
 
 
 class _WorkerSlot:
@@ -386,7 +401,7 @@ class _Dispatcher:
         if any(slot.in_flight for slot in self.slots):
             return False
         while self.pending and self.pending[0].future.cancelled():
-            self.pending.popleft()
+            self.pending.popleft().claim()
         return not self.pending
 
     def _on_wake(self, key: selectors.SelectorKey, mask: int) -> None:
@@ -464,10 +479,8 @@ class _Dispatcher:
             batch: list[_Task] = []
             while room and pending:
                 task = pending.popleft()
-                if not task.started:
-                    if not task.future.set_running_or_notify_cancel():
-                        continue  # cancelled while queued
-                    task.started = True
+                if not task.claim():
+                    continue  # cancelled while queued
                 if task.call is None and not self._serialize_again(task):
                     continue
                 batch.append(task)
@@ -815,7 +828,7 @@ class _Dispatcher:
             tasks.extend(slot.in_flight)
             slot.in_flight.clear()
         for task in tasks:
-            if task.started or task.future.set_running_or_notify_cancel():
+            if task.claim():
                 task.future.set_exception(error)
 
     def _abort_in_flight(self) -> None:
@@ -834,10 +847,9 @@ class _Dispatcher:
             slot.in_flight.clear()
         while self.pending:
             task = self.pending.popleft()
-            if task.started:
+            task.future.cancel()  # False if it was running: a re-queued task
+            if task.claim():
                 task.future.set_exception(CancelledError(f"interrupted ({reason})"))
-            else:
-                task.future.cancel()
 
     def _stop_workers(self) -> None:
         slots = list(self.slots)
