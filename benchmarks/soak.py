@@ -243,13 +243,15 @@ def reading_notes(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
         )
     for name in names_other_than_stalwart(reports):
         hung = sum(r.hung for r in reports[name])
-        after_cancel = sum(r.hung_after_cancel for r in reports[name])
-        if hung and after_cancel:
+        cancelled = sum(r.hung_cancelled for r in reports[name])
+        if hung and cancelled:
             notes.append(
-                f"- {after_cancel:,} of the {hung:,} futures {name} left pending had "
-                "had `cancel()` called on them while running (it returned False) "
-                "around the time a crash broke the pool; we have not traced the "
-                f"cause in {name}'s code."
+                f"- {cancelled:,} of the {hung:,} futures {name} left pending were "
+                "ones the soak had cancelled: `cancel()` returned True, yet "
+                "`wait()` and `as_completed()` count a cancelled future as done only "
+                "once its executor calls `set_running_or_notify_cancel()` on it, "
+                "which a broken pool never does. (stalwart had the same bug on rarer "
+                "paths; every task now leaves it through one call that does this.)"
             )
     return notes
 

@@ -161,7 +161,7 @@ class RoundReport:
     )
     ran_twice: int = 0
     hung: int = 0
-    hung_after_cancel: int = 0  # of those, futures whose cancel() returned False
+    hung_cancelled: int = 0  # of those, futures cancel() had cancelled
     leaked_processes: int = 0
     fds_before: int = 0
     fds_after: int = 0
@@ -211,7 +211,6 @@ def run_round(
         futures: dict[int, Future[Any]] = {}
         refused: dict[int, BaseException] = {}
         cancel_succeeded: set[int] = set()
-        cancel_failed: set[int] = set()
         executor = make_executor(plan)
         shutdown_partway = False
         for task in plan.tasks:
@@ -226,15 +225,14 @@ def run_round(
             except Exception as exc:  # a broken pool refuses new work
                 refused[task.index] = exc
             target = task.cancel_target
-            if target in futures:
-                cancelled = futures[target].cancel()
-                (cancel_succeeded if cancelled else cancel_failed).add(target)
+            if target in futures and futures[target].cancel():
+                cancel_succeeded.add(target)
         report.submitted = len(futures)
         report.refused = len(refused)
         _, not_done = concurrent.futures.wait(futures.values(), timeout=deadline_s)
         report.hung = len(not_done)
         hung = {index for index, future in futures.items() if future in not_done}
-        report.hung_after_cancel = len(hung & cancel_failed)
+        report.hung_cancelled = len(hung & cancel_succeeded)
         # A pool with hung futures will not shut down either: do not wait long.
         _shutdown_or_report(executor, report, 5.0 if not_done else deadline_s)
         runs = collections.Counter(
