@@ -241,7 +241,7 @@ def reading_notes(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
             "`terminate_broken()`, and every other future stays pending forever, "
             "while `submit()` keeps accepting work that never runs."
         )
-    for name in names_other_than_stalwart(reports):
+    for name in (name for name in reports if name != "stalwart"):
         hung = sum(r.hung for r in reports[name])
         cancelled = sum(r.hung_cancelled for r in reports[name])
         if hung and cancelled:
@@ -254,10 +254,6 @@ def reading_notes(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
                 "paths; every task now leaves it through one call that does this.)"
             )
     return notes
-
-
-def names_other_than_stalwart(reports: dict[str, list[_soak.RoundReport]]) -> list[str]:
-    return [name for name in reports if name != "stalwart"]
 
 
 if __name__ == "__main__":

@@ -704,17 +704,21 @@ class _Dispatcher:
             self._on_timeout(slot, slot.timed_out)
         elif slot.init_failure is not None or not slot.ready:
             # Its reserved task was never read: first in line for the next worker.
-            self.pending.extendleft(reversed(slot.in_flight))
-            slot.in_flight.clear()
+            self._requeue_unstarted(slot)
             self._on_start_failure(slot, exitcode)
-        elif len(slot.in_flight) > sum(map(len, slot.unacknowledged)):
+        elif len(slot.in_flight) > slot.unacknowledged_tasks:
             self._on_crash(slot, exitcode)
         else:
             # Died idle (perhaps just as we sent it work it never read): replace
             # it, and its unread tasks go to other workers, blameless.
-            self.pending.extendleft(reversed(slot.in_flight))
-            slot.in_flight.clear()
+            self._requeue_unstarted(slot)
             logger.debug("worker %s exited (exit code %s)", slot.pid, exitcode)
+
+    def _requeue_unstarted(self, slot: _WorkerSlot) -> None:
+        """Put a dead worker's remaining tasks back at the front of the queue, in
+        order: it never started them (or, after a timeout, cut one short)."""
+        self.pending.extendleft(reversed(slot.in_flight))
+        slot.in_flight.clear()
 
     def _forget_slot(self, slot: _WorkerSlot) -> None:
         for fd in (slot.fd, slot.sentinel):
@@ -728,8 +732,7 @@ class _Dispatcher:
         crashed = slot.in_flight.popleft()
         crashed.attempts += 1
         # The rest of its batch never started: first in line for other workers.
-        self.pending.extendleft(reversed(slot.in_flight))
-        slot.in_flight.clear()
+        self._requeue_unstarted(slot)
         signal_name = _spawn.signal_name(exitcode)
         logger.warning(
             "worker %s died (%s) while running %s; replacing it",
@@ -773,8 +776,7 @@ class _Dispatcher:
             )
         # The tasks behind it never started (or, if the overdue one answered at
         # the last instant, the next one was cut short): they run elsewhere.
-        self.pending.extendleft(reversed(slot.in_flight))
-        slot.in_flight.clear()
+        self._requeue_unstarted(slot)
 
     def _on_start_failure(self, slot: _WorkerSlot, exitcode: int | None) -> None:
         self.consecutive_start_failures += 1
