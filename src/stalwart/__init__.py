@@ -26,12 +26,14 @@ from concurrent.futures import (
     Future,
     InvalidStateError,
     TimeoutError,
-    as_completed,
     wait,
 )
 
+from stalwart._kind import executor
 from stalwart._process import ProcessPoolExecutor
+from stalwart._progress import as_completed
 from stalwart._state import worker_state
+from stalwart._thread import ThreadPoolExecutor
 from stalwart.errors import (
     InitializerError,
     PicklingError,
@@ -58,9 +60,11 @@ __all__ = [
     "ProcessPoolExecutor",
     "RemoteError",
     "TaskTimeoutError",
+    "ThreadPoolExecutor",
     "TimeoutError",
     "WorkerCrashedError",
     "as_completed",
+    "executor",
     "wait",
     "worker_state",
 ]

@@ -67,7 +67,7 @@ from multiprocessing import process as mp_process
 from multiprocessing.connection import wait as wait_for_sentinels
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from stalwart import _options, _pickling, _spawn, _wire
+from stalwart import _map, _options, _pickling, _spawn, _wire
 from stalwart._worker import WorkerConfig
 from stalwart.errors import (
     InitializerError,
@@ -923,6 +923,9 @@ class ProcessPoolExecutor(Executor):
             ``stalwart.TaskTimeoutError`` and a replacement worker starts.
             A timed-out task is not retried.
         retries: re-run a task whose worker died up to this many times.
+        check_pickle: accepted so that every executor takes the same keywords;
+            a process pool always pickles the call in ``submit()``, so the check
+            is always on here (``ThreadPoolExecutor`` makes it optional).
     """
 
     def __init__(
@@ -935,6 +938,7 @@ class ProcessPoolExecutor(Executor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
+        check_pickle: bool = True,
     ) -> None:
         _refuse_while_bootstrapping()
         workers = _options.resolve_max_workers(max_workers)
@@ -1020,54 +1024,46 @@ class ProcessPoolExecutor(Executor):
         fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | str = 1,
+        ordered: bool = True,
+        buffersize: int | None = None,
+        progress: object = False,
         task_timeout: float | None = None,
     ) -> Iterator[R]:
         """Like the builtin ``map``, run in workers; results in input order.
 
-        Every call is submitted (and pickled, so a ``PicklingError`` is raised
-        here) before the first result is returned, as in the stdlib. ``chunksize``
-        sends that many items per task; ``timeout`` bounds the whole iteration.
-        ``task_timeout`` overrides the executor's for these calls; a chunk of n
-        items may run n times as long, and fails as a whole when it overruns.
-        """
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if task_timeout is None:
-            task_timeout = self._task_timeout
-        else:
-            task_timeout = _options.check_task_timeout(task_timeout)
-        end_time = None if timeout is None else timeout + time.monotonic()
-        if chunksize == 1:
-            futures = self._submit_all(
-                fn, zip(*iterables, strict=False), task_timeout, 1
-            )
-            return _results_in_order(futures, end_time)
-        chunks = _chunks(zip(*iterables, strict=False), chunksize)
-        chunk_futures = self._submit_all(
-            _run_chunk, ((fn, chunk) for chunk in chunks), task_timeout, chunksize
-        )
-        return itertools.chain.from_iterable(_results_in_order(chunk_futures, end_time))
+        By default every call is submitted (and pickled, so a ``PicklingError``
+        is raised here) before the first result is returned, as in the stdlib;
+        ``timeout`` bounds the whole iteration. Beyond the stdlib:
 
-    def _submit_all(
-        self,
-        fn: Callable[..., Any],
-        arg_tuples: Iterable[tuple[Any, ...]],
-        task_timeout: float | None,
-        items_per_task: int,
-    ) -> list[Future[Any]]:
-        futures: list[Future[Any]] = []
+        * ``chunksize="auto"``: chunks sized from the measured task time;
+        * ``ordered=False``: results as they finish;
+        * ``buffersize=n``: at most n tasks in flight, the input read as the
+          results are (bounded memory over endless generators);
+        * ``progress=True`` (or a tqdm-like bar): count the results;
+        * ``task_timeout``: overrides the executor's for these calls; a chunk of
+          n items may run n times as long, and fails as a whole when it overruns.
+        """
+        limit = self._task_timeout
         if task_timeout is not None:
-            task_timeout *= items_per_task
-        try:
-            futures.extend(
-                self._submit(fn, args, {}, "map", task_timeout) for args in arg_tuples
-            )
-        except BaseException:
-            for future in futures:  # an item failed to pickle: do not run half a map
-                future.cancel()
-            raise
-        return futures
+            limit = _options.check_task_timeout(task_timeout)
+
+        def submit_task(
+            call_fn: Callable[..., Any], args: tuple[Any, ...], items: int
+        ) -> Future[Any]:
+            task_limit = None if limit is None else limit * items
+            return self._submit(call_fn, args, {}, "map", task_limit)
+
+        return _map.map_results(
+            submit_task,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            ordered=ordered,
+            buffersize=buffersize,
+            progress=progress,
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; running and queued work still completes.
@@ -1114,9 +1110,7 @@ class ProcessPoolExecutor(Executor):
 
 def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short, never-raising description of a task, e.g. ``crash('segv')``."""
-    if fn is _run_chunk and len(args) == 2:
-        return f"a map chunk of {len(args[1])} calls to {_pickling.describe_task(args[0], (), {})}"
-    return _pickling.describe_task(fn, args, kwargs)
+    return _map.describe_chunk(fn, args) or _pickling.describe_task(fn, args, kwargs)
 
 
 def _exit_description(exitcode: int | None) -> str:
@@ -1146,41 +1140,6 @@ def _crash_message(
         f"worker {pid} {how} while running task {task.id}, {task.describe()}"
         f"{attempts}. Only this task failed; a replacement worker was started. {hint}"
     )
-
-
-def _chunks(
-    arg_tuples: Iterator[tuple[Any, ...]], chunksize: int
-) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    while chunk := tuple(itertools.islice(arg_tuples, chunksize)):
-        yield chunk
-
-
-def _run_chunk(fn: Callable[..., R], chunk: tuple[tuple[Any, ...], ...]) -> list[R]:
-    """Runs in the worker: one task for a whole map chunk."""
-    return [fn(*args) for args in chunk]
-
-
-def _results_in_order(futures: list[Future[R]], end_time: float | None) -> Iterator[R]:
-    """Yield results in submission order; cancel the rest if abandoned (stdlib)."""
-    futures.reverse()  # pop() from the end is O(1) and drops our reference early
-    try:
-        while futures:
-            # No local name holds the future (or its result) while we are
-            # suspended at `yield`: the caller alone decides what stays alive.
-            if end_time is None:
-                yield _result_or_cancel(futures.pop(), None)
-            else:
-                yield _result_or_cancel(futures.pop(), end_time - time.monotonic())
-    finally:
-        for future in futures:
-            future.cancel()
-
-
-def _result_or_cancel(future: Future[R], timeout: float | None) -> R:
-    try:
-        return future.result(timeout)
-    finally:
-        future.cancel()  # a timeout: stop it from running, if it has not started
 
 
 def _is_shared_by_inheritance(culprit: type | None) -> bool:

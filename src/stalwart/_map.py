@@ -1,0 +1,389 @@
+"""``map()`` for every stalwart executor: chunking, ordering, buffering, progress.
+
+Each executor hands ``map_results`` one callable, ``submit(call_fn, call_args,
+n_items)``, that schedules one task standing for ``n_items`` map items (its
+``task_timeout`` is ``n_items`` times the per-item one) and raises as its
+``submit()`` does. Everything else about ``map`` lives here, once::
+
+    zip(*iterables) --chunks--> submit() --> futures, oldest first (the window)
+          ^                                        |
+          | buffersize: one more task each time    | chunksize="auto": each chunk
+          | a task's results are taken             | is timed in the worker, and
+          +----------------------------------------+ the next chunks sized to it
+    results: oldest first (ordered) or as each task finishes (ordered=False)
+      --> progress display --> the caller
+
+* ``buffersize=None`` (the default): every item is read and submitted before
+  ``map()`` returns, as in the stdlib, so an unpicklable item is refused by
+  ``map()`` itself and the work goes on whether or not the results are read.
+* ``buffersize=n``: n tasks are submitted up front and one more each time a
+  task's results are taken (the stdlib's own ``buffersize``, 3.14), so an endless
+  generator runs in bounded memory. The input is read in the caller's thread,
+  only while the results are read, and so only while the executor is open.
+* ``chunksize="auto"``: chunks start at one item; each chunk reports how long its
+  items ran in the worker, and later chunks grow (at most doubling) toward
+  ``AUTO_TARGET_CHUNK_S`` of work, up to ``AUTO_MAX_CHUNK`` items.
+* An item that raises: the items before it in its chunk are delivered, then its
+  exception is raised when the iteration reaches it (ordered) or as it comes
+  (unordered); closing or abandoning the iterator cancels every task not yet
+  started, as the stdlib does.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import queue
+import time
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import TYPE_CHECKING, Any
+
+from stalwart import _pickling
+from stalwart._progress import check_progress, open_progress
+from stalwart.errors import PicklingError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from concurrent.futures import Future
+
+    from stalwart._progress import Progress
+
+    SubmitTask = Callable[[Callable[..., Any], tuple[Any, ...], int], Future[Any]]
+
+AUTO_TARGET_CHUNK_S = 0.01
+"""Work per chunk that ``chunksize="auto"`` aims for: two orders of magnitude
+above a task's overhead in the pool, small enough that a chunk is no coarser a
+unit of load balancing, progress or failure than ~10 ms of work."""
+
+AUTO_MAX_CHUNK = 2048
+"""Items per auto chunk at most: for tasks too tiny to time, past this size the
+pipes and pickling gain nothing more and a chunk only delays the first results."""
+
+_PARTIAL_RESULTS = "_stalwart_map_results_before_failure"
+"""Where ``run_chunk`` leaves, on the exception of a failing item, the results of
+the items before it (exception attributes travel with the pickled exception)."""
+
+
+def map_results(
+    submit: SubmitTask,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    *,
+    timeout: float | None,
+    chunksize: int | str,
+    ordered: bool,
+    buffersize: int | None,
+    progress: object,
+) -> Iterator[Any]:
+    """Run ``fn`` over the zipped iterables through ``submit``; see the module doc."""
+    _check_chunksize(chunksize)
+    _check_buffersize(buffersize)
+    check_progress(progress)
+    end_time = None if timeout is None else time.monotonic() + timeout
+    feed = _Feed(submit, fn, iterables, chunksize, buffersize, ordered)
+    if buffersize is None:
+        feed.submit_all()
+        total: int | None = feed.items_submitted
+    else:
+        feed.top_up()
+        total = _known_length(iterables)
+    if feed.finished is not None:
+        return _as_completed(feed, feed.finished, end_time, progress, total)
+    assert isinstance(feed.in_flight, collections.deque)
+    if not feed.chunked and progress is False:
+        return _plain_results_in_order(feed.in_flight, end_time)
+    return _in_order(feed, feed.in_flight, end_time, progress, total)
+
+
+def run_chunk(
+    fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]
+) -> tuple[float, list[Any]]:
+    """Runs in the worker: one task for a chunk of map items, timed there."""
+    started = time.perf_counter()
+    results: list[Any] = []
+    try:
+        for args in chunk:
+            results.append(fn(*args))  # noqa: PERF401 - kept when an item raises
+    except BaseException as exc:
+        # An exception that takes no attributes only loses the items before it.
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _PARTIAL_RESULTS, results)
+        raise
+    return time.perf_counter() - started, results
+
+
+def describe_chunk(fn: object, args: tuple[Any, ...]) -> str | None:
+    """``a map chunk of 12 calls to f(...)`` for a ``run_chunk`` task, else None."""
+    if fn is not run_chunk or len(args) != 2:
+        return None
+    inner = _pickling.describe_task(args[0], (), {})
+    return f"a map chunk of {len(args[1])} calls to {inner}"
+
+
+class _Feed:
+    """The input side of one map: reads items, forms tasks, submits them."""
+
+    def __init__(
+        self,
+        submit: SubmitTask,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        chunksize: int | str,
+        buffersize: int | None,
+        ordered: bool,
+    ) -> None:
+        self.submit = submit
+        self.fn = fn
+        self.items: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        self.auto = _AutoChunkSize() if chunksize == "auto" else None
+        self.fixed_size = chunksize if isinstance(chunksize, int) else 1
+        self.chunked = self.auto is not None or self.fixed_size > 1
+        self.buffersize = buffersize
+        self.exhausted = False
+        self.items_submitted = 0
+        # Submitted tasks whose results have not been taken: oldest first when
+        # ordered; otherwise a set, and each future also lands in `finished`
+        # once done, in completion order.
+        self.in_flight: collections.deque[Future[Any]] | set[Future[Any]]
+        self.finished: queue.SimpleQueue[Future[Any]] | None = None
+        if ordered:
+            window: collections.deque[Future[Any]] = collections.deque()
+            self.in_flight = window
+            self._track = window.append
+        else:
+            pending: set[Future[Any]] = set()
+            self.in_flight = pending
+            self._track = pending.add
+            self.finished = queue.SimpleQueue()
+
+    def submit_all(self) -> None:
+        """Submit every item now; on any failure cancel what was submitted."""
+        try:
+            while self._submit_one():
+                pass
+        except BaseException:
+            self.cancel_all()  # e.g. an item failed to pickle: do not run half a map
+            raise
+
+    def top_up(self) -> None:
+        """Submit tasks until ``buffersize`` are in flight or the input ends."""
+        assert self.buffersize is not None
+        while len(self.in_flight) < self.buffersize and self._submit_one():
+            pass
+
+    def _submit_one(self) -> bool:
+        if self.exhausted:
+            return False
+        if not self.chunked:
+            args = next(self.items, None)
+            if args is None:
+                self.exhausted = True
+                return False
+            future = self.submit(self.fn, args, 1)
+            self.items_submitted += 1
+        else:
+            size = self.auto.next_size() if self.auto is not None else self.fixed_size
+            chunk = tuple(itertools.islice(self.items, size))
+            if not chunk:
+                self.exhausted = True
+                return False
+            future = self._submit_chunk(chunk)
+            self.items_submitted += len(chunk)
+            if self.auto is not None:
+                future.add_done_callback(self.auto.observe)
+        if self.finished is not None:
+            future.add_done_callback(self.finished.put)
+        self._track(future)
+        return True
+
+    def _submit_chunk(self, chunk: tuple[tuple[Any, ...], ...]) -> Future[Any]:
+        try:
+            return self.submit(run_chunk, (self.fn, chunk), len(chunk))
+        except PicklingError as error:
+            raise _culprit_item_error(self.fn, chunk) or error from None
+
+    def cancel_all(self) -> None:
+        for future in self.in_flight:
+            future.cancel()
+
+
+class _AutoChunkSize:
+    """Chunk sizes for ``chunksize="auto"``, from the chunks' times in the worker."""
+
+    def __init__(self) -> None:
+        self.size = 1
+        self.items_timed = 0
+        self.seconds = 0.0
+
+    def observe(self, future: Future[Any]) -> None:
+        """Done-callback of every auto chunk (runs in the executor's thread)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        elapsed, results = future.result()
+        self.seconds += elapsed
+        self.items_timed += len(results)
+
+    def next_size(self) -> int:
+        # Until a chunk has come back, one item a task: tasks may be long.
+        if self.items_timed:
+            per_item = self.seconds / self.items_timed
+            wanted = AUTO_MAX_CHUNK
+            if per_item * AUTO_MAX_CHUNK > AUTO_TARGET_CHUNK_S:
+                wanted = max(1, int(AUTO_TARGET_CHUNK_S / per_item))
+            # Grow by doubling, so one lucky fast chunk cannot make a huge one;
+            # shrink at once when items turn out slower.
+            self.size = min(wanted, 2 * self.size)
+        return self.size
+
+
+def _plain_results_in_order(
+    futures: collections.deque[Future[Any]], end_time: float | None
+) -> Iterator[Any]:
+    """The stdlib's map iterator: one item a task, oldest first, nothing else.
+
+    No local name holds a future or its result while suspended at ``yield``: the
+    caller alone decides what stays alive.
+    """
+    try:
+        while futures:
+            if end_time is None:
+                yield _result_or_cancel(futures.popleft(), None)
+            else:
+                yield _result_or_cancel(futures.popleft(), end_time - time.monotonic())
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()  # a timeout: stop it from running, if it has not started
+
+
+def _in_order(
+    feed: _Feed,
+    window: collections.deque[Future[Any]],
+    end_time: float | None,
+    progress: object,
+    total: int | None,
+) -> Iterator[Any]:
+    display = open_progress(progress, total)
+    try:
+        while window:
+            future = window.popleft()
+            values, error = _take(future, feed.chunked, _remaining(end_time))
+            del future
+            if feed.buffersize is not None:
+                feed.top_up()
+            yield from _deliver(values, error, display)
+    finally:
+        feed.cancel_all()
+        display.close()
+
+
+def _as_completed(
+    feed: _Feed,
+    finished: queue.SimpleQueue[Future[Any]],
+    end_time: float | None,
+    progress: object,
+    total: int | None,
+) -> Iterator[Any]:
+    display = open_progress(progress, total)
+    try:
+        while feed.in_flight:
+            try:
+                future = finished.get(timeout=_remaining(end_time))
+            except queue.Empty:
+                raise FuturesTimeoutError from None
+            feed.in_flight.remove(future)
+            values, error = _take(future, feed.chunked, 0)
+            del future
+            if feed.buffersize is not None:
+                feed.top_up()
+            yield from _deliver(values, error, display)
+    finally:
+        feed.cancel_all()
+        display.close()
+
+
+def _take(
+    future: Future[Any], chunked: bool, timeout: float | None
+) -> tuple[list[Any], BaseException | None]:
+    """A task's items' results, and the exception that cut them short, if any."""
+    try:
+        result = future.result(timeout)
+    except BaseException as exc:  # noqa: BLE001 - what the item raised is its result
+        partial = getattr(exc, _PARTIAL_RESULTS, None) if chunked else None
+        if partial is not None:
+            delattr(exc, _PARTIAL_RESULTS)
+        return (partial or []), exc
+    if chunked:
+        return result[1], None
+    return [result], None
+
+
+def _deliver(
+    values: list[Any], error: BaseException | None, display: Progress
+) -> Iterator[Any]:
+    if values:
+        display.update(len(values))
+        values.reverse()  # pop() from the end: each result is dropped once yielded
+        while values:
+            yield values.pop()
+    if error is not None:
+        raise error
+
+
+def _remaining(end_time: float | None) -> float | None:
+    return None if end_time is None else max(0.0, end_time - time.monotonic())
+
+
+def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items zip() will give, when every iterable knows its length."""
+    try:
+        return min(len(iterable) for iterable in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a generator; or no iterables at all
+        return None
+
+
+def _culprit_item_error(
+    fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]
+) -> PicklingError | None:
+    """The PicklingError of the first item of a chunk that cannot be pickled.
+
+    A chunk's own error would name a path through the chunk tuple; the user
+    wants the one naming their item's argument, as ``submit()`` gives it.
+    """
+    for args in chunk:
+        try:
+            _pickling.serialize_call(fn, args, {}, action="map")
+        except PicklingError as error:  # noqa: PERF203 - only after a failure
+            return error
+    return None
+
+
+def _check_chunksize(chunksize: object) -> None:
+    if chunksize == "auto":
+        return
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(
+            f'chunksize must be an int >= 1 or "auto", got {type(chunksize).__name__} '
+            f"{chunksize!r}"
+        )
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")  # the stdlib's words
+
+
+def _check_buffersize(buffersize: object) -> None:
+    if buffersize is None:
+        return
+    if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+        raise TypeError(
+            f"buffersize must be None or an int >= 1, got {type(buffersize).__name__} "
+            f"{buffersize!r}"
+        )
+    if buffersize < 1:
+        raise ValueError(f"buffersize must be None or an int >= 1, got {buffersize}")
