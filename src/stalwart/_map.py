@@ -91,7 +91,7 @@ def map_results(
     if feed.finished is not None:
         return _as_completed(feed, feed.finished, end_time, progress, total)
     assert isinstance(feed.in_flight, collections.deque)
-    if not feed.chunked and progress is False:
+    if not feed.chunked and buffersize is None and progress is False:
         return _plain_results_in_order(feed.in_flight, end_time)
     return _in_order(feed, feed.in_flight, end_time, progress, total)
 
