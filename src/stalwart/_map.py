@@ -231,8 +231,9 @@ class _AutoChunkSize:
             wanted = AUTO_MAX_CHUNK
             if per_item * AUTO_MAX_CHUNK > AUTO_TARGET_CHUNK_S:
                 wanted = max(1, int(AUTO_TARGET_CHUNK_S / per_item))
-            # Grow by doubling, so one lucky fast chunk cannot make a huge one;
-            # shrink at once when items turn out slower.
+            # Grow by at most doubling from one chunk to the next, so a chunk is
+            # never far bigger than the ones already seen to run; shrink at once
+            # when the items turn out slower.
             self.size = min(wanted, 2 * self.size)
         return self.size
 
