@@ -35,6 +35,7 @@ import collections
 import contextlib
 import itertools
 import queue
+import threading
 import time
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import TYPE_CHECKING, Any
@@ -211,30 +212,44 @@ class _Feed:
 class _AutoChunkSize:
     """Chunk sizes for ``chunksize="auto"``, from the chunks' times in the worker."""
 
+    PROBES = 2
+    """Single-item chunks sent before waiting (once, briefly) for the first time."""
+
     def __init__(self) -> None:
         self.size = 1
         self.items_timed = 0
         self.seconds = 0.0
+        self.probes_sent = 0
+        self.first_timing = threading.Event()
 
     def observe(self, future: Future[Any]) -> None:
         """Done-callback of every auto chunk (runs in the executor's thread)."""
-        if future.cancelled() or future.exception() is not None:
-            return
-        elapsed, results = future.result()
-        self.seconds += elapsed
-        self.items_timed += len(results)
+        if not future.cancelled() and future.exception() is None:
+            elapsed, results = future.result()
+            self.seconds += elapsed
+            self.items_timed += len(results)
+        self.first_timing.set()
 
     def next_size(self) -> int:
-        # Until a chunk has come back, one item a task: tasks may be long.
-        if self.items_timed:
-            per_item = self.seconds / self.items_timed
-            wanted = AUTO_MAX_CHUNK
-            if per_item * AUTO_MAX_CHUNK > AUTO_TARGET_CHUNK_S:
-                wanted = max(1, int(AUTO_TARGET_CHUNK_S / per_item))
-            # Grow by at most doubling from one chunk to the next, so a chunk is
-            # never far bigger than the ones already seen to run; shrink at once
-            # when the items turn out slower.
-            self.size = min(wanted, 2 * self.size)
+        if not self.items_timed:
+            # Until a chunk has come back, one item a task: items may be long.
+            # Submitting everything up front would otherwise race ahead of the
+            # first reply and send thousands of tiny items one by one, so after
+            # the probes wait for it once, for at most the target chunk time:
+            # items slower than that are best sent one by one anyway.
+            self.probes_sent += 1
+            if self.probes_sent == self.PROBES + 1:
+                self.first_timing.wait(AUTO_TARGET_CHUNK_S)
+            if not self.items_timed:
+                return self.size
+        per_item = self.seconds / self.items_timed
+        wanted = AUTO_MAX_CHUNK
+        if per_item * AUTO_MAX_CHUNK > AUTO_TARGET_CHUNK_S:
+            wanted = max(1, int(AUTO_TARGET_CHUNK_S / per_item))
+        # Grow by at most doubling from one chunk to the next, so a chunk is
+        # never far bigger than the ones already seen to run; shrink at once
+        # when the items turn out slower.
+        self.size = min(wanted, 2 * self.size)
         return self.size
 
 
