@@ -58,6 +58,7 @@ class Pool:
     submit: Callable[..., concurrent.futures.Future[Any]]
     close: Callable[[], None]  # graceful: waits for the workers to exit
     children_before: set[int] = field(default_factory=set)
+    executor: concurrent.futures.Executor | None = None  # for its own map(); not pebble
 
 
 def open_pool(name: str, workers: int = WORKERS) -> Pool:
@@ -83,7 +84,9 @@ def open_pool(name: str, workers: int = WORKERS) -> Pool:
         executor = loky.ProcessPoolExecutor(max_workers=workers)
     else:
         raise ValueError(f"unknown contender {name!r}; expected one of {CONTENDERS}")
-    return Pool(name, executor.submit, lambda: executor.shutdown(wait=True), before)
+    return Pool(
+        name, executor.submit, lambda: executor.shutdown(wait=True), before, executor
+    )
 
 
 def warm(pool: Pool, workers: int = WORKERS, timeout_s: float = 60.0) -> set[int]:

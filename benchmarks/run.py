@@ -33,7 +33,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_OUTPUT = HERE / "RESULTS.md"
-ORDER = ("bench_submit", "bench_crash", "bench_large_args")
+ORDER = (
+    "bench_submit",
+    "bench_crash",
+    "bench_large_args",
+    "bench_map",
+    "bench_map_memory",
+)
 """The contract's order; any other ``bench_*.py`` follows, alphabetically."""
 TIMEOUT_S = {False: 900, True: 180}  # per benchmark program: full, --quick
 
