@@ -1,8 +1,9 @@
 """CPython's own ``test.test_concurrent_futures``, run against stalwart (contract 1).
 
 Each start method runs in its own interpreter (``tests/stdlib/run_cpython_tests.py``),
-all four at once: the suite mostly waits on sleeps and worker start-up, so this
-takes about a minute instead of four. A stdlib test fails here unless it passes
+all four at once, and a fifth runs the thread-pool tests against
+``stalwart.ThreadPoolExecutor``: the suite mostly waits on sleeps and worker
+start-up, so this takes about a minute and a half instead of five. A stdlib test fails here unless it passes
 or ``tests/stdlib/skips.py`` says why it cannot apply to stalwart.
 """
 
@@ -23,10 +24,12 @@ import pytest
 from tests.stdlib import cpython, skips
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-START_METHODS = ("fork", "forkserver", "spawn", "loky_init_main")
+START_METHODS = ("fork", "forkserver", "spawn", "loky_init_main", cpython.THREAD_MODE)
+"""The process pool's start methods, and ``thread``: the thread-pool tests."""
 RUN_TIMEOUT_S = 420.0
 """Bound on one start method's run (about a minute on 2 cores, all four at once).
-A hung test is cut at 120 s by the runner's own watchdog, which dumps every stack."""
+A hung test is cut at 120 s by the runner's own watchdog, which dumps every stack.
+The thread run takes about a minute (the same sleeps, no worker start-up)."""
 DETAIL_LINES = 40
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT_S + 120)]
@@ -154,9 +157,14 @@ def _report(run: Run) -> str | None:
     counts: dict[str, int] = {}
     for outcome in run.outcomes:
         counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+    pool = (
+        "ThreadPoolExecutor"
+        if run.start_method == cpython.THREAD_MODE
+        else "ProcessPoolExecutor"
+    )
     header = (
         f"CPython's test_concurrent_futures under {run.start_method!r} against "
-        f"stalwart.ProcessPoolExecutor: {counts}. Each failure below is a stalwart "
+        f"stalwart.{pool}: {counts}. Each failure below is a stalwart "
         "bug unless tests/stdlib/skips.py's policy covers it. Rerun one with: "
         f"python -m tests.stdlib.run_cpython_tests --start-method {run.start_method} "
         "-v -k TEST_NAME"
@@ -168,7 +176,8 @@ def _report(run: Run) -> str | None:
 def test_stdlib_process_pool_tests_pass(
     runs: dict[str, Run], start_method: str
 ) -> None:
-    """Every stdlib process-pool test passes, or is skipped with a documented reason."""
+    """Every stdlib process-pool test passes, or is skipped with a documented reason
+    (for ``thread``: every thread-pool test, against stalwart's thread pool)."""
     run = runs[start_method]
     problems = _report(run)
     if problems:

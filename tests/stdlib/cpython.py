@@ -4,8 +4,9 @@ The suite is a single module on 3.10 and a package of ``test_*`` modules from
 3.12 on (3.11.7 and 3.12.1 here ship none). Its process-pool classes are built by
 ``create_executor_tests()`` from a test mixin and one of the
 ``ProcessPool{Fork,Forkserver,Spawn}Mixin`` classes, which carry ``ctx`` (the
-start method) and ``executor_type`` (the class under test); thread-pool classes
-have no ``ctx``, which is how they are left out.
+start method) and ``executor_type`` (the class under test). Thread-pool classes
+(``ThreadPoolMixin``) have an ``executor_type`` naming a thread pool and no
+``ctx``; the runner's ``thread`` mode runs those instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 STDLIB_PACKAGE = "test.test_concurrent_futures"
 STDLIB_START_METHODS = ("fork", "forkserver", "spawn")
+THREAD_MODE = "thread"
+"""The runner's pseudo start method that runs the thread-pool classes."""
 
 EXTRA_TESTS: dict[str, dict[str, str]] = {
     # Plain TestCase (3.13) that runs the spawn / forkserver failing-initializer
@@ -69,6 +72,29 @@ def process_pool_classes(module: ModuleType) -> list[type[unittest.TestCase]]:
         obj
         for name, obj in sorted(vars(module).items())
         if start_method_of(obj) is not None and obj.__module__ == module.__name__
+    ]
+
+
+def is_thread_pool_class(obj: object) -> bool:
+    """Whether `obj` is a stdlib test class of a thread pool (no ``ctx``)."""
+    from concurrent.futures import thread
+
+    if not (isinstance(obj, type) and issubclass(obj, unittest.TestCase)):
+        return False
+    executor_type = getattr(obj, "executor_type", None)
+    return (
+        getattr(obj, "ctx", None) is None
+        and isinstance(executor_type, type)
+        and issubclass(executor_type, thread.ThreadPoolExecutor)
+    )
+
+
+def thread_pool_classes(module: ModuleType) -> list[type[unittest.TestCase]]:
+    """The thread-pool test classes defined in `module`, in name order."""
+    return [
+        obj
+        for name, obj in sorted(vars(module).items())
+        if is_thread_pool_class(obj) and obj.__module__ == module.__name__
     ]
 
 

@@ -1,4 +1,5 @@
-"""Run CPython's process-pool executor tests against ``stalwart.ProcessPoolExecutor``.
+"""Run CPython's executor tests against ``stalwart.ProcessPoolExecutor`` and
+``stalwart.ThreadPoolExecutor``.
 
 Usage (from the repository root, stalwart importable)::
 
@@ -9,16 +10,20 @@ Usage (from the repository root, stalwart importable)::
 One start method per run, in a fresh interpreter: the stdlib tests reap child
 processes, stop the resource tracker and forkserver, and check for dangling
 threads, so they must not share a process with pytest or with each other.
+``--start-method thread`` is the pseudo start method that runs the stdlib's
+thread-pool test classes against ``stalwart.ThreadPoolExecutor`` instead.
 
 What it does:
 
-1. binds ``concurrent.futures.ProcessPoolExecutor`` and every stdlib test class's
-   ``executor_type`` that names the stdlib executor to stalwart's;
+1. binds ``concurrent.futures.ProcessPoolExecutor`` (or ``ThreadPoolExecutor``,
+   in thread mode) and every stdlib test class's ``executor_type`` that names
+   the stdlib executor to stalwart's;
 2. redirects the scripts the stdlib runs in a child interpreter
-   (``assert_python_ok('-c', ...)``) to ``from stalwart import ProcessPoolExecutor``;
+   (``assert_python_ok('-c', ...)``) to ``from stalwart import ...``;
 3. loads the process-pool test classes for the start method (fork, forkserver,
-   spawn; or loky_init_main: the spawn classes rerun, see ``variants``), marks
-   the tests in ``skips.SKIPS`` as skipped with their reason, and runs them;
+   spawn; or loky_init_main: the spawn classes rerun, see ``variants``), or the
+   thread-pool classes for ``thread``, marks the tests in ``skips.SKIPS`` as
+   skipped with their reason, and runs them;
 4. streams one JSON line per event to ``--events`` (start / outcome / done), so a
    caller still knows which test hung if the run is killed, and writes a summary
    to ``--json``. A test still running after ``--per-test-timeout`` seconds makes
@@ -56,8 +61,8 @@ PER_TEST_TIMEOUT_S = 120.0
 """A test still running after this long is hung: the stdlib's slowest process-pool
 test takes about 10 s, its own deadlock guard is ``support.LONG_TIMEOUT`` (300 s)."""
 
-_STDLIB_IMPORT = "from concurrent.futures import ProcessPoolExecutor"
-_STALWART_IMPORT = "from stalwart import ProcessPoolExecutor"
+_PROCESS_POOL = "ProcessPoolExecutor"
+_THREAD_POOL = "ThreadPoolExecutor"
 _MP_CONTEXT_IMPORT = "from multiprocessing import get_context"
 _ANY_CONTEXT_IMPORT = "from tests.stdlib.cpython import get_context"
 
@@ -65,21 +70,36 @@ _ANY_CONTEXT_IMPORT = "from tests.stdlib.cpython import get_context"
 # -- 1 and 2: make stalwart the class under test ------------------------------------
 
 
-def install_stalwart() -> list[str]:
-    """Rebind everything in the stdlib suite that names the stdlib process pool.
+def pool_name(start_method: str) -> str:
+    """The executor class a run tests: the thread pool for ``thread``."""
+    from tests.stdlib import cpython
+
+    return _THREAD_POOL if start_method == cpython.THREAD_MODE else _PROCESS_POOL
+
+
+def install_stalwart(start_method: str) -> list[str]:
+    """Rebind everything in the stdlib suite that names the stdlib pool under test.
 
     Returns what was rebound, for the record.
     """
     import concurrent.futures
     import concurrent.futures.process
+    import concurrent.futures.thread
 
     import stalwart
     from tests.stdlib import cpython
 
-    stdlib_pool = concurrent.futures.process.ProcessPoolExecutor
-    concurrent.futures.ProcessPoolExecutor = stalwart.ProcessPoolExecutor  # type: ignore[misc,assignment]
-    rebound = ["concurrent.futures.ProcessPoolExecutor"]
-    pools = (stdlib_pool, stalwart.ProcessPoolExecutor)
+    name = pool_name(start_method)
+    stalwart_pool = getattr(stalwart, name)
+    stdlib_module = (
+        concurrent.futures.thread
+        if name == _THREAD_POOL
+        else concurrent.futures.process
+    )
+    stdlib_pool = getattr(stdlib_module, name)
+    setattr(concurrent.futures, name, stalwart_pool)
+    rebound = [f"concurrent.futures.{name}"]
+    pools = (stdlib_pool, stalwart_pool)
     cpython.stdlib_modules()  # imports the suite, util.py and executor.py included
     suite_modules = [
         module
@@ -88,32 +108,32 @@ def install_stalwart() -> list[str]:
         or name.startswith(cpython.STDLIB_PACKAGE + ".")
     ]
     for module in suite_modules:
-        for name, obj in list(vars(module).items()):
+        for attribute, obj in list(vars(module).items()):
             if obj is stdlib_pool:
-                setattr(module, name, stalwart.ProcessPoolExecutor)
-                rebound.append(f"{module.__name__}.{name}")
+                setattr(module, attribute, stalwart_pool)
+                rebound.append(f"{module.__name__}.{attribute}")
             elif isinstance(obj, type):
                 for klass in obj.__mro__:
                     # Already stalwart's when the suite was imported after the
                     # line above; listed either way.
                     if klass.__dict__.get("executor_type") in pools:
-                        klass.executor_type = stalwart.ProcessPoolExecutor  # type: ignore[attr-defined]
+                        klass.executor_type = stalwart_pool  # type: ignore[attr-defined]
                         rebound.append(f"{klass.__module__}.{klass.__qualname__}")
         if callable(getattr(module, "assert_python_ok", None)):
-            module.assert_python_ok = _in_stalwart(module.assert_python_ok)  # type: ignore[attr-defined]
+            module.assert_python_ok = _in_stalwart(module.assert_python_ok, name)  # type: ignore[attr-defined]
             rebound.append(f"{module.__name__}.assert_python_ok")
     return sorted(set(rebound))
 
 
-def _in_stalwart(assert_python: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``assert_python_ok`` so that a ``-c`` script uses stalwart's pool."""
+def _in_stalwart(assert_python: Callable[..., Any], pool: str) -> Callable[..., Any]:
+    """Wrap ``assert_python_ok`` so that a ``-c`` script uses stalwart's `pool`."""
 
     @functools.wraps(assert_python)
     def run(*args: str, **env_vars: Any) -> Any:
         args_list = list(args)
         for i in range(len(args_list) - 1):
             if args_list[i] == "-c":
-                args_list[i + 1] = redirect_script(args_list[i + 1])
+                args_list[i + 1] = redirect_script(args_list[i + 1], pool)
         # The stdlib runs the child with -I, which ignores PYTHONPATH; stalwart and
         # tests.stdlib must be importable there as they are here.
         env_vars.setdefault("__isolated", False)
@@ -123,13 +143,14 @@ def _in_stalwart(assert_python: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def redirect_script(code: str) -> str:
-    """Point a stdlib child script at stalwart; refuse one that cannot be."""
-    code = code.replace(_STDLIB_IMPORT, _STALWART_IMPORT)
+def redirect_script(code: str, pool: str = _PROCESS_POOL) -> str:
+    """Point a stdlib child script at stalwart's `pool`; refuse one that cannot be."""
+    stalwart_import = f"from stalwart import {pool}"
+    code = code.replace(f"from concurrent.futures import {pool}", stalwart_import)
     code = code.replace(_MP_CONTEXT_IMPORT, _ANY_CONTEXT_IMPORT)
-    if "ProcessPoolExecutor" in code and _STALWART_IMPORT not in code:
+    if pool in code and stalwart_import not in code:
         raise AssertionError(
-            "this stdlib child script names ProcessPoolExecutor in a way the "
+            f"this stdlib child script names {pool} in a way the "
             f"runner cannot redirect to stalwart:\n{code}"
         )
     return code
@@ -149,12 +170,17 @@ def child_pythonpath() -> str:
 
 
 def load_tests(start_method: str, keyword: str | None) -> unittest.TestSuite:
-    """The process-pool tests for `start_method`, grouped by module."""
+    """The process-pool tests for `start_method` (thread-pool tests for
+    ``thread``), grouped by module."""
     from tests.stdlib import cpython
 
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
-    if start_method in cpython.STDLIB_START_METHODS:
+    if start_method == cpython.THREAD_MODE:
+        for module in cpython.stdlib_modules():
+            for cls in cpython.thread_pool_classes(module):
+                suite.addTests(loader.loadTestsFromTestCase(cls))
+    elif start_method in cpython.STDLIB_START_METHODS:
         modules: list[ModuleType] = cpython.stdlib_modules()
         for module in modules:
             for cls in cpython.process_pool_classes(module):
@@ -169,23 +195,28 @@ def load_tests(start_method: str, keyword: str | None) -> unittest.TestSuite:
         from tests.stdlib import variants
 
         if start_method not in variants.VARIANTS:
-            known = [*cpython.STDLIB_START_METHODS, *variants.VARIANTS]
+            known = [
+                *cpython.STDLIB_START_METHODS,
+                *variants.VARIANTS,
+                cpython.THREAD_MODE,
+            ]
             raise SystemExit(f"unknown start method {start_method!r}; known: {known}")
         for cls in variants.variant_classes(start_method):
             suite.addTests(loader.loadTestsFromTestCase(cls))
     if keyword:
         suite = unittest.TestSuite(t for t in iter_tests(suite) if keyword in t.id())
-    _check_class_under_test(suite)
+    _check_class_under_test(suite, pool_name(start_method))
     return suite
 
 
-def _check_class_under_test(suite: unittest.TestSuite) -> None:
+def _check_class_under_test(suite: unittest.TestSuite, pool: str) -> None:
     """Refuse to run a mixin test that would still test the stdlib's pool."""
     import stalwart
 
+    stalwart_pool = getattr(stalwart, pool)
     for test in iter_tests(suite):
-        executor_type = getattr(test, "executor_type", stalwart.ProcessPoolExecutor)
-        if executor_type is not stalwart.ProcessPoolExecutor:
+        executor_type = getattr(test, "executor_type", stalwart_pool)
+        if executor_type is not stalwart_pool:
             raise SystemExit(
                 f"{test.id()} would test {executor_type!r}, not stalwart's pool: "
                 "the stdlib suite changed shape; update install_stalwart()"
@@ -343,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     from test import support
 
     support.verbose = args.verbose  # as regrtest: quiet unless asked
-    rebound = install_stalwart()
+    rebound = install_stalwart(args.start_method)
     suite = load_tests(args.start_method, args.keyword)
     used_skips = set() if args.no_skips else mark_skips(suite)
     if args.list:

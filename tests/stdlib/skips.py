@@ -1,10 +1,11 @@
 """The stdlib ``test_concurrent_futures`` tests that cannot apply to stalwart.
 
-stalwart is a drop-in ``ProcessPoolExecutor`` (DESIGN.md, contract point 1), and
-CPython's own suite is the yardstick: every process-pool test of it runs against
-``stalwart.ProcessPoolExecutor`` under fork, forkserver, spawn and loky's
-``loky_init_main``. A test may be listed here only for one of these reasons,
-after reading it:
+stalwart is a drop-in ``ProcessPoolExecutor`` and ``ThreadPoolExecutor``
+(DESIGN.md, contract point 1), and CPython's own suite is the yardstick: every
+process-pool test of it runs against ``stalwart.ProcessPoolExecutor`` under fork,
+forkserver, spawn and loky's ``loky_init_main``, and every thread-pool test
+against ``stalwart.ThreadPoolExecutor`` (the runner's ``thread`` mode). A test
+may be listed here only for one of these reasons, after reading it:
 
 * it reads the stdlib executor's private machinery (``_processes``,
   ``_executor_manager_thread``, ``_call_queue``, the stdlib's thread layout),
@@ -14,7 +15,12 @@ after reading it:
   that task (``WorkerCrashedError``, a ``BrokenProcessPool``) and keeps going;
   stalwart refuses an unpicklable call in ``submit()``, not later in
   ``result()``; a negative ``max_workers`` counts back from the CPU count;
-  the default start method is loky's fork+exec, never the stdlib's.
+  the default start method is loky's fork+exec, never the stdlib's; the
+  default worker count counts usable CPUs (cgroup quota and affinity aware).
+
+``stalwart.ThreadPoolExecutor`` keeps the stdlib's ``_threads``, ``_broken``,
+``_shutdown`` and ``_max_workers`` readable, so the thread tests that read those
+run as they are.
 
 Anything else that fails is a stalwart bug: fix stalwart, do not list it here.
 While a fix is under way, such a test may go in ``KNOWN_BUGS`` with what is
@@ -29,10 +35,11 @@ test fails, run ``python -m tests.stdlib.run_cpython_tests --start-method spawn
 
 Keys are ``fnmatch`` patterns over unittest ids, which look like
 ``test.test_concurrent_futures[.test_process_pool].ProcessPoolSpawnProcessPoolExecutorTest
-.test_saturation`` (stdlib classes) or ``tests.stdlib.variants.ProcessPoolLokyInitMain...``
-(the loky variants); only process-pool classes are ever loaded, so a pattern
-such as ``*ProcessPoolExecutorTest.test_saturation`` means "under every start
-method". Values are the reason, one line, shown as the skip message.
+.test_saturation`` (stdlib classes), ``tests.stdlib.variants.ProcessPoolLokyInitMain...``
+(the loky variants) or ``...test_thread_pool.ThreadPoolExecutorTest.test_saturation``
+(thread mode); a pattern such as ``*ProcessPoolExecutorTest.test_saturation``
+means "under every start method", and ``*.ThreadPool*`` patterns only ever match
+thread-pool classes. Values are the reason, one line, shown as the skip message.
 """
 
 from __future__ import annotations
@@ -102,6 +109,16 @@ SKIPS: dict[str, str] = {
     "*ExecutorDeadlockTest.test_shutdown_deadlock_pickle": (
         "reads executor._executor_manager_thread, and expects PicklingError from "
         "result() where stalwart raises it from submit() (contract 2)"
+    ),
+    # -- test_thread_pool.py / ThreadPoolExecutorTest ------------------------------
+    "*.ThreadPoolExecutorTest.test_max_workers_negative": (
+        "asserts max_workers=-1 raises; stalwart's contract: negative n means "
+        "cpus + 1 + n (joblib: -1 = all CPUs), only 0 and below -cpus raise"
+    ),
+    "*.ThreadPoolExecutorTest.test_default_workers": (
+        "reads executor._max_workers and asserts min(32, os.cpu_count() + 4); "
+        "stalwart counts usable CPUs (cgroup quota and affinity aware, as loky "
+        "does), which differs wherever a quota applies"
     ),
 }
 
