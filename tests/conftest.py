@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import pytest
 
+import stalwart
 from tests._leaks import worker_processes
 from tests._tasks import TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from concurrent.futures import Executor
 
 
 def wait_until(
@@ -33,6 +35,21 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+@pytest.fixture(params=["process", "thread"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Run the test once per executor kind: the swap must change nothing."""
+    return str(request.param)
+
+
+def open_executor(kind: str, **kwargs: Any) -> Executor:
+    """``stalwart.executor(kind)`` with two workers; threads check pickling too,
+    so that they refuse exactly what a process pool would."""
+    kwargs.setdefault("max_workers", 2)
+    if kind == "thread":
+        kwargs.setdefault("check_pickle", True)
+    return stalwart.executor(kind, **kwargs)
 
 
 @pytest.fixture(scope="session")
