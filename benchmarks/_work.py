@@ -49,3 +49,19 @@ def _segfault(stamp_path: str) -> None:
 def length(data: bytes) -> int:
     """Return the size of the argument: its transfer is the whole cost."""
     return len(data)
+
+
+def thread_id(delay_s: float = 0.0) -> int:
+    """Which worker thread ran this (warms thread pools, as ``worker_pid`` does
+    process pools: every thread of a process has the same pid)."""
+    import threading
+
+    if delay_s:
+        time.sleep(delay_s)
+    return threading.get_ident()
+
+
+def io_wait(seconds: float) -> float:
+    """Stands for a blocking I/O call: the thread waits without the GIL."""
+    time.sleep(seconds)
+    return seconds

@@ -39,6 +39,7 @@ ORDER = (
     "bench_large_args",
     "bench_map",
     "bench_map_memory",
+    "bench_thread",
 )
 """The contract's order; any other ``bench_*.py`` follows, alphabetically."""
 TIMEOUT_S = {False: 900, True: 180}  # per benchmark program: full, --quick
