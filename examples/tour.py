@@ -6,6 +6,7 @@ pip install nox && nox -s demo
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import os
 import sys
 import threading
@@ -17,12 +18,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tour_tasks import (
     Model,
     Validator,
+    crunch,
+    fetch,
     hang_with_a_child,
     load_model,
     predict,
     run_model,
     segfault,
     slow_square,
+    take_seconds,
     tiny,
 )
 
@@ -131,6 +135,56 @@ def drop_in_throughput() -> None:
         print(f"  {name:20} {n / elapsed:8.0f} tasks/s  (sum={total})")
 
 
+def change_one_word() -> None:
+    section("7. CPU-bound? IO-bound? Change one word: executor(kind)")
+    urls = [f"https://example.org/page/{i}" for i in range(40)]
+    jobs = [3_000_000] * 4
+    for kind in ("process", "thread"):
+        with stalwart.executor(kind, max_workers=20 if kind == "thread" else 2) as ex:
+            list(ex.map(tiny, range(4)))  # start the workers first
+            started = time.perf_counter()
+            list(ex.map(fetch, urls))
+            io_s = time.perf_counter() - started
+            started = time.perf_counter()
+            list(ex.map(crunch, jobs))
+            cpu_s = time.perf_counter() - started
+        print(
+            f"  executor({kind!r:9}): 40 waits {io_s:5.2f} s   4 crunches {cpu_s:5.2f} s"
+        )
+    print(
+        "threads win at waiting, processes at computing (the GIL); STALWART_EXECUTOR="
+        "thread switches without touching the code"
+    )
+
+
+def map_superpowers() -> None:
+    section("8. map: chunksize='auto', ordered=False, buffersize, progress")
+    n = 100_000
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        list(ex.map(tiny, range(4)))
+        for chunksize in (1, "auto"):
+            started = time.perf_counter()
+            total = sum(ex.map(tiny, range(n), chunksize=chunksize))
+            elapsed = time.perf_counter() - started
+            print(
+                f"  map(chunksize={chunksize!r:6}) {n / elapsed:10,.0f} items/s (sum={total})"
+            )
+        first = next(ex.map(take_seconds, [0.5, 0.01, 0.02], ordered=False))
+        print(
+            f"  ordered=False: the first result is the {first} s task, not the 0.5 s one"
+        )
+        endless = itertools.count()
+        results = ex.map(tiny, endless, buffersize=8, chunksize="auto")
+        taken = list(itertools.islice(results, 200_000))
+        results.close()
+        print(
+            f"  buffersize=8 over an endless generator: took {len(taken):,} results, "
+            f"read {next(endless):,} items (the rest was never read)"
+        )
+        print("  progress=True (tqdm when installed, else a 'done i/n' line):")
+        sum(ex.map(slow_square, range(40), progress=True))
+
+
 def main() -> None:
     print(
         f"stalwart tour on Python {sys.version.split()[0]}, pid {os.getpid()}, "
@@ -142,6 +196,8 @@ def main() -> None:
     hung_task_is_killed()
     lambdas_and_tracebacks()
     drop_in_throughput()
+    change_one_word()
+    map_superpowers()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")
 
 

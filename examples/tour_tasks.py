@@ -65,3 +65,19 @@ def load_model(name: str) -> Model:
 def predict(text: str) -> tuple[str, str, int, int]:
     model: Model = stalwart.worker_state()
     return text, model.classify(text), os.getpid(), _loads_in_this_process
+
+
+def fetch(url: str) -> int:
+    """Stands for an HTTP request: waiting, not computing."""
+    time.sleep(0.05)
+    return len(url)
+
+
+def crunch(n: int) -> int:
+    """Pure-Python arithmetic: holds the GIL the whole time."""
+    return sum(i * i for i in range(n))
+
+
+def take_seconds(seconds: float) -> float:
+    time.sleep(seconds)  # stands for work of uneven size
+    return seconds
