@@ -1,9 +1,10 @@
 """``map()`` for every stalwart executor: chunking, ordering, buffering, progress.
 
-Each executor hands ``map_results`` one callable, ``submit(call_fn, call_args,
-n_items)``, that schedules one task standing for ``n_items`` map items (its
-``task_timeout`` is ``n_items`` times the per-item one) and raises as its
-``submit()`` does. Everything else about ``map`` lives here, once::
+Every executor inherits ``MapMixin.map``, which needs only the executor's
+``_submit()``: ``map_results`` gets a ``submit(call_fn, call_args, n_items)`` that
+schedules one task standing for ``n_items`` map items (its ``task_timeout`` is
+``n_items`` times the per-item one) and raises as ``submit()`` does. Everything
+else about ``map`` lives here, once::
 
     zip(*iterables) --chunks--> submit() --> futures, oldest first (the window)
           ^                                        |
@@ -38,9 +39,9 @@ import queue
 import threading
 import time
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _pickling
+from stalwart import _options, _pickling
 from stalwart._progress import check_progress, open_progress
 from stalwart.errors import PicklingError
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from stalwart._progress import Progress
 
     SubmitTask = Callable[[Callable[..., Any], tuple[Any, ...], int], Future[Any]]
+
+R = TypeVar("R")
 
 AUTO_TARGET_CHUNK_S = 0.01
 """Work per chunk that ``chunksize="auto"`` aims for: two orders of magnitude
@@ -64,6 +67,73 @@ pipes and pickling gain nothing more and a chunk only delays the first results."
 _PARTIAL_RESULTS = "_stalwart_map_results_before_failure"
 """Where ``run_chunk`` leaves, on the exception of a failing item, the results of
 the items before it (exception attributes travel with the pickled exception)."""
+
+
+class MapMixin:
+    """``map()`` for an executor with ``_submit()`` and ``_task_timeout``.
+
+    Every stalwart executor inherits its ``map`` from here, so they cannot drift.
+    """
+
+    _task_timeout: float | None
+
+    def _submit(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        action: str,
+        task_timeout: float | None,
+    ) -> Future[R]:
+        """Schedule one task as ``submit()`` would; ``action`` names the caller."""
+        raise NotImplementedError
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = 1,
+        ordered: bool = True,
+        buffersize: int | None = None,
+        progress: object = False,
+        task_timeout: float | None = None,
+    ) -> Iterator[R]:
+        """Like the builtin ``map``, run by the workers; results in input order.
+
+        By default every call is submitted (on a process pool pickled, so a
+        ``PicklingError`` is raised here) before the first result is returned,
+        as in the stdlib; ``timeout`` bounds the whole iteration. Beyond it:
+
+        * ``chunksize="auto"``: chunks sized from the measured task time;
+        * ``ordered=False``: results as they finish;
+        * ``buffersize=n``: at most n tasks in flight, the input read as the
+          results are (bounded memory over endless generators);
+        * ``progress=True`` (or a tqdm-like bar): count the results;
+        * ``task_timeout``: overrides the executor's for these calls; a chunk of
+          n items may run n times as long, and fails as a whole when it overruns.
+        """
+        limit = self._task_timeout
+        if task_timeout is not None:
+            limit = _options.check_task_timeout(task_timeout)
+
+        def submit_task(
+            call_fn: Callable[..., Any], args: tuple[Any, ...], items: int
+        ) -> Future[Any]:
+            task_limit = None if limit is None else limit * items
+            return self._submit(call_fn, args, {}, "map", task_limit)
+
+        results: Iterator[R] = map_results(
+            submit_task,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            ordered=ordered,
+            buffersize=buffersize,
+            progress=progress,
+        )
+        return results
 
 
 def map_results(

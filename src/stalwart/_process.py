@@ -77,7 +77,7 @@ from stalwart.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
     from multiprocessing.process import BaseProcess
@@ -896,7 +896,7 @@ class _Dispatcher:
         _live_dispatchers.discard(self)
 
 
-class ProcessPoolExecutor(Executor):
+class ProcessPoolExecutor(_map.MapMixin, Executor):
     """A drop-in ``concurrent.futures.ProcessPoolExecutor`` that never breaks.
 
     * ``submit()`` pickles the call once, in the caller: an unpicklable argument
@@ -1018,52 +1018,6 @@ class ProcessPoolExecutor(Executor):
             )
             dispatcher.enqueue(task)
         return future
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | str = 1,
-        ordered: bool = True,
-        buffersize: int | None = None,
-        progress: object = False,
-        task_timeout: float | None = None,
-    ) -> Iterator[R]:
-        """Like the builtin ``map``, run in workers; results in input order.
-
-        By default every call is submitted (and pickled, so a ``PicklingError``
-        is raised here) before the first result is returned, as in the stdlib;
-        ``timeout`` bounds the whole iteration. Beyond the stdlib:
-
-        * ``chunksize="auto"``: chunks sized from the measured task time;
-        * ``ordered=False``: results as they finish;
-        * ``buffersize=n``: at most n tasks in flight, the input read as the
-          results are (bounded memory over endless generators);
-        * ``progress=True`` (or a tqdm-like bar): count the results;
-        * ``task_timeout``: overrides the executor's for these calls; a chunk of
-          n items may run n times as long, and fails as a whole when it overruns.
-        """
-        limit = self._task_timeout
-        if task_timeout is not None:
-            limit = _options.check_task_timeout(task_timeout)
-
-        def submit_task(
-            call_fn: Callable[..., Any], args: tuple[Any, ...], items: int
-        ) -> Future[Any]:
-            task_limit = None if limit is None else limit * items
-            return self._submit(call_fn, args, {}, "map", task_limit)
-
-        return _map.map_results(
-            submit_task,
-            fn,
-            iterables,
-            timeout=timeout,
-            chunksize=chunksize,
-            ordered=ordered,
-            buffersize=buffersize,
-            progress=progress,
-        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; running and queued work still completes.

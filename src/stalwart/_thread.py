@@ -51,7 +51,7 @@ from stalwart import _map, _options, _pickling, _state
 from stalwart.errors import InitializerError, TaskTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable
     from multiprocessing.context import BaseContext
     from types import TracebackType
 
@@ -508,7 +508,7 @@ def _fail_overdue(worker: _Worker, item: _WorkItem) -> None:
     )
 
 
-class ThreadPoolExecutor(_StdlibThreadPoolExecutor):
+class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
     """A drop-in ``concurrent.futures.ThreadPoolExecutor`` with stalwart's options.
 
     It subclasses the stdlib class, so ``asyncio``'s ``loop.set_default_executor()``
@@ -636,50 +636,6 @@ class ThreadPoolExecutor(_StdlibThreadPoolExecutor):
                 "interpreter is shutting down"
             ) from failure
         return future
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | str = 1,
-        ordered: bool = True,
-        buffersize: int | None = None,
-        progress: object = False,
-        task_timeout: float | None = None,
-    ) -> Iterator[R]:
-        """Like the builtin ``map``, run on worker threads.
-
-        As in the stdlib by default (all calls submitted up front, results in
-        input order, ``timeout`` bounding the whole iteration). ``chunksize``
-        (an int or ``"auto"``) runs that many items per task; ``ordered=False``
-        yields in completion order; ``buffersize`` bounds the items in flight;
-        ``progress`` shows or updates a progress bar. ``task_timeout`` overrides
-        the executor's for these calls; a chunk of n items may run n times as long.
-        """
-        per_item_timeout = (
-            self._task_timeout
-            if task_timeout is None
-            else _options.check_task_timeout(task_timeout)
-        )
-
-        def submit_chunk(
-            call_fn: Callable[..., Any], call_args: tuple[Any, ...], n_items: int
-        ) -> Future[Any]:
-            limit = None if per_item_timeout is None else per_item_timeout * n_items
-            return self._submit(call_fn, call_args, {}, "map", limit)
-
-        results: Iterator[R] = _map.map_results(
-            submit_chunk,
-            fn,
-            iterables,
-            timeout=timeout,
-            chunksize=chunksize,
-            ordered=ordered,
-            buffersize=buffersize,
-            progress=progress,
-        )
-        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; running and queued work still completes.
