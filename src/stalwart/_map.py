@@ -159,12 +159,11 @@ def map_results(
     else:
         feed.top_up()
         total = _known_length(iterables)
-    if feed.finished is not None:
-        return _as_completed(feed, feed.finished, end_time, progress, total)
-    assert isinstance(feed.in_flight, collections.deque)
-    if not feed.chunked and buffersize is None and progress is False:
+    if isinstance(feed.in_flight, collections.deque) and not (
+        feed.chunked or buffersize is not None or progress is not False
+    ):
         return _plain_results_in_order(feed.in_flight, end_time)
-    return _in_order(feed, feed.in_flight, end_time, progress, total)
+    return _results(feed, end_time, progress, total)
 
 
 def run_chunk(
@@ -274,6 +273,18 @@ class _Feed:
         except PicklingError as error:
             raise _culprit_item_error(self.fn, chunk) or error from None
 
+    def take_next(self, end_time: float | None) -> Future[Any]:
+        """The next task whose results are due: the oldest, or the next to finish."""
+        if isinstance(self.in_flight, collections.deque):
+            return self.in_flight.popleft()
+        assert self.finished is not None
+        try:
+            future = self.finished.get(timeout=_remaining(end_time))
+        except queue.Empty:
+            raise FuturesTimeoutError from None
+        self.in_flight.remove(future)
+        return future
+
     def cancel_all(self) -> None:
         for future in self.in_flight:
             future.cancel()
@@ -349,43 +360,14 @@ def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
         future.cancel()  # a timeout: stop it from running, if it has not started
 
 
-def _in_order(
-    feed: _Feed,
-    window: collections.deque[Future[Any]],
-    end_time: float | None,
-    progress: object,
-    total: int | None,
-) -> Iterator[Any]:
-    display = open_progress(progress, total)
-    try:
-        while window:
-            future = window.popleft()
-            values, error = _take(future, feed.chunked, _remaining(end_time))
-            del future
-            if feed.buffersize is not None:
-                feed.top_up()
-            yield from _deliver(values, error, display)
-    finally:
-        feed.cancel_all()
-        display.close()
-
-
-def _as_completed(
-    feed: _Feed,
-    finished: queue.SimpleQueue[Future[Any]],
-    end_time: float | None,
-    progress: object,
-    total: int | None,
+def _results(
+    feed: _Feed, end_time: float | None, progress: object, total: int | None
 ) -> Iterator[Any]:
     display = open_progress(progress, total)
     try:
         while feed.in_flight:
-            try:
-                future = finished.get(timeout=_remaining(end_time))
-            except queue.Empty:
-                raise FuturesTimeoutError from None
-            feed.in_flight.remove(future)
-            values, error = _take(future, feed.chunked, 0)
+            future = feed.take_next(end_time)
+            values, error = _take(future, feed.chunked, _remaining(end_time))
             del future
             if feed.buffersize is not None:
                 feed.top_up()
