@@ -201,6 +201,17 @@ def test_shutdown_cancel_futures_cancels_queued_work_only() -> None:
     ex.shutdown(wait=True)
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a fresh interpreter, to see what happens at its exit."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+
+
 def test_interpreter_exit_finishes_queued_work(tmp_path: Any) -> None:
     script = textwrap.dedent(
         """
@@ -210,13 +221,7 @@ def test_interpreter_exit_finishes_queued_work(tmp_path: Any) -> None:
         ex.submit(print, "queued work ran")
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=True,
-    )
+    out = _run_python(script)
     assert out.stdout.strip() == "queued work ran"
     assert not out.stderr
 
@@ -373,13 +378,7 @@ def test_an_abandoned_thread_does_not_block_interpreter_exit() -> None:
         ex.submit(print, "queued work ran")   # run at exit, by a replacement
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=True,
-    )
+    out = _run_python(script)
     assert out.stdout.splitlines() == ["TaskTimeoutError", "queued work ran"]
 
 
