@@ -277,3 +277,23 @@ def test_wait_sees_a_cancelled_future_that_never_reached_a_worker(manager: Any) 
     assert running.result() == "ran"
     assert queued.cancelled()
     ex.shutdown(wait=True)
+
+
+def test_tasks_do_not_queue_behind_a_long_running_one(manager: Any) -> None:
+    """A worker busy with a long task is sent nothing more: whatever waited behind
+    it would wait for all of it, while the other worker runs everything."""
+    started, gate = manager.Event(), manager.Event()
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        list(ex.map(abs, range(200)))  # measured task time: tiny, so depth is high
+        long = ex.submit(_tasks.block_until, started, gate, "long")
+        assert started.wait(TIMEOUT)
+        # The dispatcher can only judge a task long by how long it has run so far
+        # (a few ms here): this is the precondition, not a synchronisation.
+        running_since = time.monotonic()
+        assert stalwart.wait([long], timeout=0.05).not_done
+        assert time.monotonic() - running_since >= 0.05
+        tiny = [ex.submit(abs, -i) for i in range(500)]
+        _, not_done = cf.wait(tiny, timeout=TIMEOUT)
+        gate.set()
+        assert not not_done, f"{len(not_done)} tasks waited behind the long one"
+        assert long.result(timeout=TIMEOUT) == "long"

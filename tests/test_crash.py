@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import faulthandler
 import os
@@ -158,3 +159,19 @@ def _is_zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_crashed_workers_tasks_are_shared_out_not_piled_on_one_worker() -> None:
+    """After tiny tasks (a short measured task time), a burst of longer ones is
+    sent a few at a time, so when one worker dies the tasks it held are shared
+    between the survivor and the replacement instead of queueing at the survivor."""
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        list(ex.map(abs, range(8)))
+        naps = [ex.submit(_tasks.nap_then_pid, 0.05) for _ in range(20)]
+        victim = ex.submit(_tasks.die, "segv")
+        naps += [ex.submit(_tasks.nap_then_pid, 0.05) for _ in range(40)]
+        with pytest.raises(stalwart.WorkerCrashedError):
+            victim.result(timeout=TIMEOUT)
+        ran_on = collections.Counter(f.result(timeout=TIMEOUT) for f in naps)
+    assert len(ran_on) == 3, ran_on  # two first workers and the replacement
+    assert min(ran_on.values()) >= 3, ran_on

@@ -10,7 +10,8 @@ Data flow::
     I/O thread "stalwart-dispatcher" <-----------------------------------+
       | one selector over: the wake-up pipe, every worker's pipe (read, and
       | write while its outbox is non-empty), every worker's process sentinel
-      | dispatch: each ready worker gets up to `depth` tasks in one frame
+      | dispatch: idle workers first; each gets up to min(depth, its window)
+      | tasks in one frame, and nothing queues behind a task running long
       v
     _WorkerSlot: in_flight deque ==pipe==> worker: run in order, one reply each
       ^                                                        |
@@ -100,6 +101,14 @@ TARGET_BACKLOG_S = 0.005
 travel in batches (fewer pipe messages), while a worker never hoards more than a
 few milliseconds of work that another worker could have run."""
 
+STALLED_FACTOR = 4
+"""A worker whose running task has run this many times the average task time
+(and longer than TARGET_BACKLOG_S) is sent nothing more until it answers."""
+
+IDLE_RESTART_S = 0.05
+"""A worker idle for this long starts again from one task in flight (see
+_WorkerSlot.window): a pause often means different work comes next."""
+
 MAX_DEPTH = 256
 """Upper bound on tasks in flight per worker, whatever the measured task time."""
 
@@ -178,6 +187,7 @@ class _WorkerSlot:
     __slots__ = (
         "conn",
         "fd",
+        "idle_since",
         "in_flight",
         "init_failure",
         "outbox",
@@ -191,6 +201,7 @@ class _WorkerSlot:
         "unacknowledged",
         "unacknowledged_bytes",
         "unacknowledged_tasks",
+        "window",
     )
 
     def __init__(
@@ -215,6 +226,13 @@ class _WorkerSlot:
         self.running_since: float | None = None
         self.timed_out: _Task | None = None  # killed for running past its timeout
         self.ready = False  # initializer done; may receive tasks
+        # Tasks it may hold, however short the measured task time: grows by one
+        # per answer (doubling per round trip) and starts again from one after
+        # the worker sat idle, so a task time measured on earlier, shorter tasks
+        # cannot pile a burst of long ones onto one worker (a task sent is never
+        # taken back). TCP's slow start, for the same reason.
+        self.window = 1
+        self.idle_since = time.monotonic()
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
 
@@ -222,20 +240,37 @@ class _WorkerSlot:
     def pid(self) -> int | None:
         return self.process.pid
 
-    def has_room(self, depth: int) -> bool:
+    def room(self, depth: int, stalled_after_s: float, now: float) -> int:
+        """How many more tasks this worker may be sent now."""
         if self.timed_out is not None:
-            return False  # being killed
-        if self.tasks_left is not None and self.tasks_left <= 0:
-            return False
+            return 0  # being killed
         if not self.ready:
             # One task is reserved for a starting worker, which reads it once its
             # initializer is done (the stdlib's call queue likewise holds tasks
             # for workers still starting): it counts as running, so
             # shutdown(cancel_futures=True) right after submit() spares it.
-            return not self.in_flight
-        if len(self.in_flight) >= depth:
-            return False
-        return self.unacknowledged_bytes < MAX_UNACKNOWLEDGED_BYTES
+            room = 0 if self.in_flight else 1
+        elif self.unacknowledged_bytes >= MAX_UNACKNOWLEDGED_BYTES or self.is_stalled(
+            stalled_after_s, now
+        ):
+            return 0
+        else:
+            if not self.in_flight and now - self.idle_since > IDLE_RESTART_S:
+                self.window = 1
+            room = min(depth, self.window) - len(self.in_flight)
+        if self.tasks_left is not None:
+            room = min(room, self.tasks_left)
+        return max(0, room)
+
+    def is_stalled(self, stalled_after_s: float, now: float) -> bool:
+        """Its running task has run longer than a whole backlog's worth of work.
+
+        Whatever is queued behind a task waits for all of it, and a task sent
+        cannot be taken back: a worker busy with a long (or stuck) task gets
+        nothing more, so other workers run what it would have hoarded.
+        """
+        started = self.running_since
+        return started is not None and now - started > stalled_after_s
 
 
 class _Dispatcher:
@@ -417,7 +452,7 @@ class _Dispatcher:
     def _start_workers_as_needed(self) -> None:
         if self.shutdown_requested and not self.pending:
             return
-        # Starting workers already hold a reserved task each (see has_room), so
+        # Starting workers already hold a reserved task each (see _WorkerSlot.room), so
         # what is still pending wants workers of its own.
         waiting = len(self.pending)
         if waiting and not any(not s.in_flight for s in self.slots):
@@ -464,31 +499,39 @@ class _Dispatcher:
         if not pending:
             return
         depth = self._depth()
-        slots = [slot for slot in self.slots if slot.has_room(depth)]
-        if not slots:
-            return
-        if len(slots) > 1:
-            # Least loaded first: tasks that trickle in one at a time must not
-            # all queue up at the first worker with room.
-            slots.sort(key=lambda slot: len(slot.in_flight))
-        share = -(-len(pending) // len(slots))  # spread evenly: ceil division
-        for slot in slots:
-            room = min(depth - len(slot.in_flight), share)
-            if slot.tasks_left is not None:
-                room = min(room, slot.tasks_left)
-            batch: list[_Task] = []
-            while room and pending:
-                task = pending.popleft()
-                if not task.claim():
-                    continue  # cancelled while queued
-                if task.call is None and not self._serialize_again(task):
-                    continue
-                batch.append(task)
-                room -= 1
-            if batch:
-                self._send_batch(slot, batch)
-            if not pending:
-                return
+        stalled_after_s = max(TARGET_BACKLOG_S, STALLED_FACTOR * (self.avg_busy_s or 0))
+        now = time.monotonic()
+        idle: list[tuple[_WorkerSlot, int]] = []
+        busy: list[tuple[_WorkerSlot, int]] = []
+        for slot in self.slots:
+            room = slot.room(depth, stalled_after_s, now)
+            if room:
+                (busy if slot.in_flight else idle).append((slot, room))
+        # Idle workers first, then the least loaded: a task queued behind
+        # another waits for it, so it goes where it will start soonest.
+        busy.sort(key=lambda slot_room: len(slot_room[0].in_flight))
+        for group in (idle, busy):
+            for index, (slot, room) in enumerate(group):
+                # Spread evenly over this group's workers: ceil division.
+                share = -(-len(pending) // (len(group) - index))
+                self._fill(slot, min(room, share))
+                if not pending:
+                    return
+
+    def _fill(self, slot: _WorkerSlot, room: int) -> None:
+        """Send `slot` up to `room` tasks from the front of the pending queue."""
+        pending = self.pending
+        batch: list[_Task] = []
+        while room and pending:
+            task = pending.popleft()
+            if not task.claim():
+                continue  # cancelled while queued
+            if task.call is None and not self._serialize_again(task):
+                continue
+            batch.append(task)
+            room -= 1
+        if batch:
+            self._send_batch(slot, batch)
 
     def _send_batch(self, slot: _WorkerSlot, batch: list[_Task]) -> None:
         calls = [cast("bytes", task.call) for task in batch]
@@ -615,7 +658,7 @@ class _Dispatcher:
         # Only a result or an exception can fail to unpickle (a class the parent
         # cannot import, a __reduce__ that raises), and a worker answers in
         # order: this reply belongs to the oldest task in flight.
-        self._fail_unreadable_result(slot, slot.in_flight.popleft(), exc)
+        self._fail_unreadable_result(slot, self._next_task_starts(slot), exc)
 
     def _fail_unreadable_result(
         self, slot: _WorkerSlot, task: _Task, exc: BaseException
@@ -629,14 +672,22 @@ class _Dispatcher:
         task.future.set_exception(error)
 
     def _answered(self, slot: _WorkerSlot, task_id: int, busy_s: float) -> _Task:
-        task = slot.in_flight.popleft()
+        task = self._next_task_starts(slot)
         if task.id != task_id:  # cannot happen: a worker answers in order
             raise RuntimeError(
                 f"worker {slot.pid} answered task {task_id}, expected {task.id}"
             )
         avg = self.avg_busy_s
         self.avg_busy_s = busy_s if avg is None else 0.9 * avg + 0.1 * busy_s
-        # The next task starts now, if the worker has already read it.
+        return task
+
+    def _next_task_starts(self, slot: _WorkerSlot) -> _Task:
+        """The worker answered its oldest task: pop it; the next one starts now,
+        if the worker has already read it (timeouts and stalls count from here)."""
+        task = slot.in_flight.popleft()
+        slot.window = min(MAX_DEPTH, slot.window + 1)
+        if not slot.in_flight:
+            slot.idle_since = time.monotonic()
         has_next = len(slot.in_flight) > slot.unacknowledged_tasks
         slot.running_since = time.monotonic() if has_next else None
         return task
