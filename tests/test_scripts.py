@@ -46,6 +46,19 @@ def _finish(process: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
+def _kill_and_expect_its_workers_to_exit(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a script that printed its workers' pids; they must exit in 3 s."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, process.stderr.read() if process.stderr else ""
+    workers = [psutil.Process(int(pid)) for pid in line.split()]
+    process.kill()
+    process.wait(TIMEOUT)
+    _, alive = psutil.wait_procs(workers, timeout=3)
+    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
+    process.communicate()
+
+
 def test_initializer_setting_a_main_global_is_seen_by_main_tasks(
     tmp_path: Path,
 ) -> None:
@@ -117,15 +130,7 @@ def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
             threading.Event().wait()  # until killed
         """,
     )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, process.stderr.read() if process.stderr else ""
-    workers = [psutil.Process(int(pid)) for pid in line.split()]
-    process.kill()
-    process.wait(TIMEOUT)
-    _, alive = psutil.wait_procs(workers, timeout=3)
-    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
-    process.communicate()
+    _kill_and_expect_its_workers_to_exit(process)
 
 
 def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
@@ -262,3 +267,69 @@ def test_shutdown_without_wait_then_exit_ends_overdue_tasks(tmp_path: Path) -> N
     out, err = _finish(process)
     assert process.returncode == 0, err
     assert out.strip() == "TaskTimeoutError"
+
+
+def test_parked_workers_exit_with_the_interpreter(tmp_path: Path) -> None:
+    """Warm workers, parked or held by get_reusable_executor, end at exit, fast."""
+    process = _run_script(
+        tmp_path,
+        """
+        import os
+        import stalwart
+
+        def pid():
+            return os.getpid()
+
+        def init():
+            return "loaded"
+
+        def note_clean_exit():
+            # Runs only when a worker ends normally (told to stop), not when it
+            # is killed or exits because its parent died.
+            from multiprocessing import util
+            util.Finalize(None, open, args=(f"clean-exit-{os.getpid()}", "w"), exitpriority=1)
+
+        if __name__ == "__main__":
+            with stalwart.ProcessPoolExecutor(
+                2, reuse=True, idle_timeout=600, initializer=note_clean_exit
+            ) as ex:
+                parked = {ex.submit(pid).result() for _ in range(20)}
+            warm = stalwart.get_reusable_executor(2, initializer=init, idle_timeout=600)
+            held = {warm.submit(pid).result() for _ in range(20)}
+            with stalwart.ThreadPoolExecutor(2, reuse=True, idle_timeout=600) as threads:
+                threads.submit(pid).result()
+            print(" ".join(map(str, parked)))
+            print(" ".join(map(str, held)), flush=True)
+        """,
+    )
+    out, err = _finish(process)
+    assert process.returncode == 0, err
+    parked_line, _ = out.splitlines()
+    workers = [psutil.Process(int(p)) for p in out.split() if psutil.pid_exists(int(p))]
+    _, alive = psutil.wait_procs(workers, timeout=3)
+    assert not alive, f"workers outlived the interpreter: {[p.pid for p in alive]}"
+    assert "Traceback" not in err, err
+    clean_exits = sorted(path.name for path in tmp_path.glob("clean-exit-*"))
+    assert len(clean_exits) == len(parked_line.split()), (
+        "parked workers were not stopped, only orphaned"
+    )
+
+
+def test_parked_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    process = _run_script(
+        tmp_path,
+        """
+        import os, threading
+        import stalwart
+
+        def pid():
+            return os.getpid()
+
+        if __name__ == "__main__":
+            with stalwart.ProcessPoolExecutor(2, reuse=True, idle_timeout=600) as ex:
+                pids = {ex.submit(pid).result() for _ in range(20)}
+            print(" ".join(map(str, pids)), flush=True)
+            threading.Event().wait()  # until killed
+        """,
+    )
+    _kill_and_expect_its_workers_to_exit(process)

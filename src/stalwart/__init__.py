@@ -32,6 +32,7 @@ from concurrent.futures import (
 from stalwart._kind import executor
 from stalwart._process import ProcessPoolExecutor
 from stalwart._progress import as_completed
+from stalwart._reusable import get_reusable_executor
 from stalwart._state import worker_state
 from stalwart._thread import ThreadPoolExecutor
 from stalwart.errors import (
@@ -65,6 +66,7 @@ __all__ = [
     "WorkerCrashedError",
     "as_completed",
     "executor",
+    "get_reusable_executor",
     "wait",
     "worker_state",
 ]

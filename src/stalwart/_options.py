@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.context import BaseContext
 
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+"""How long a worker parked by a ``reuse=True`` executor waits to be adopted."""
+
 DEFAULT_START_METHOD = "loky_init_main"
 """loky's fork+exec start: a fresh interpreter, safe when the parent runs threads
 or has initialised CUDA (plain ``fork`` is neither), which imports the main
@@ -110,13 +113,33 @@ def check_task_timeout(task_timeout: object) -> float | None:
     """``task_timeout``: None (no limit) or a positive number of seconds."""
     if task_timeout is None:
         return None
-    if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
+    return _positive_seconds("task_timeout", task_timeout, "(or None for no limit)")
+
+
+def check_reuse(reuse: object, idle_timeout: object) -> float | None:
+    """``reuse`` and ``idle_timeout``: how long parked workers wait, or None when
+    the executor does not park its workers (``reuse=False``)."""
+    if not isinstance(reuse, bool):
+        raise TypeError(f"reuse must be True or False, got {reuse!r}")
+    if not reuse:
+        if idle_timeout is not None:
+            raise ValueError(
+                f"idle_timeout={idle_timeout!r} only applies to the warm workers that "
+                "a reuse=True executor parks at shutdown; pass reuse=True as well, "
+                "or drop idle_timeout."
+            )
+        return None
+    if idle_timeout is None:
+        return DEFAULT_IDLE_TIMEOUT_S
+    return _positive_seconds("idle_timeout", idle_timeout, "(None: a minute)")
+
+
+def _positive_seconds(name: str, value: object, default_hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            "task_timeout must be None or a number of seconds, got "
-            f"{type(task_timeout).__name__} {task_timeout!r}"
+            f"{name} must be None or a number of seconds, got "
+            f"{type(value).__name__} {value!r}"
         )
-    if not task_timeout > 0:  # also refuses NaN
-        raise ValueError(
-            f"task_timeout must be > 0 seconds (or None for no limit), got {task_timeout}"
-        )
-    return float(task_timeout)
+    if not value > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be > 0 seconds {default_hint}, got {value}")
+    return float(value)

@@ -64,11 +64,13 @@ import time
 import weakref
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from dataclasses import dataclass
 from multiprocessing import process as mp_process
 from multiprocessing.connection import wait as wait_for_sentinels
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from stalwart import _map, _options, _pickling, _spawn, _wire
+from stalwart import _map, _options, _pickling, _reuse, _spawn, _wire
+from stalwart._stats import ExecutorStats
 from stalwart._worker import WorkerConfig
 from stalwart.errors import (
     InitializerError,
@@ -262,6 +264,17 @@ class _WorkerSlot:
             room = min(room, self.tasks_left)
         return max(0, room)
 
+    def can_park(self) -> bool:
+        """Healthy, idle and with tasks to spare: fit for the warm set."""
+        return (
+            self.ready
+            and self.process.exitcode is None
+            and not self.in_flight
+            and not self.outbox
+            and self.timed_out is None
+            and (self.tasks_left is None or self.tasks_left > 0)
+        )
+
     def is_stalled(self, stalled_after_s: float, now: float) -> bool:
         """Its running task has run longer than a whole backlog's worth of work.
 
@@ -287,12 +300,16 @@ class _Dispatcher:
         context: BaseContext,
         worker_config: WorkerConfig,
         retries: int,
+        reuse: _reuse.ReusePolicy | None,
     ) -> None:
         self.max_workers = max_workers
         self.context = context
         self.worker_config = worker_config
         self.retries = retries
         self.by_value = worker_config.by_value
+        self.reuse = reuse
+        self.stats = ExecutorStats()
+        self.deaths_to_replace = 0  # workers that died and were not replaced yet
 
         self.pending: collections.deque[_Task] = collections.deque()
         self.slots: list[_WorkerSlot] = []
@@ -324,23 +341,42 @@ class _Dispatcher:
 
     def enqueue(self, task: _Task) -> None:
         """Queue a task (caller holds ``self.lock``) and wake the I/O thread."""
-        if self.thread is None:
-            thread = threading.Thread(
-                target=self._run, name="stalwart-dispatcher", daemon=True
-            )
-            try:
-                thread.start()
-            except RuntimeError as exc:  # interpreter finalizing, or no threads left
-                raise RuntimeError(
-                    f"cannot schedule new futures: stalwart's dispatcher thread "
-                    f"could not start ({exc})"
-                ) from exc
-            self.thread = thread
-            _live_dispatchers.add(self)
+        self.ensure_thread()
         if task.timeout is not None:
             self.timeouts_in_use = True
+        self.stats.tasks_submitted += 1
         self.pending.append(task)
         self.wake()
+
+    def ensure_thread(self) -> None:
+        """Start the I/O thread, on the first task or on adopting warm workers."""
+        if self.thread is not None:
+            return
+        thread = threading.Thread(
+            target=self._run, name="stalwart-dispatcher", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # interpreter finalizing, or no threads left
+            raise RuntimeError(
+                f"cannot schedule new futures: stalwart's dispatcher thread "
+                f"could not start ({exc})"
+            ) from exc
+        self.thread = thread
+        _live_dispatchers.add(self)
+
+    def adopt(self, parked: list[_reuse.ParkedProcess]) -> None:
+        """Take over warm workers parked by an earlier executor (before any task)."""
+        for worker in parked:
+            slot = _WorkerSlot(worker.process, worker.conn, worker.tasks_left)
+            slot.ready = True  # its initializer ran when it first started
+            self._add_slot(slot)
+            logger.debug("adopted warm worker %s", slot.pid)
+        self.stats.workers_reused += len(parked)
+        self.workers_wanted = len(self.slots)
+        if parked:
+            # Their deaths must be noticed (and replaced) even before any submit().
+            self.ensure_thread()
 
     def wake(self) -> None:
         # One byte per wake-up at most: `wake_armed` stays True until the I/O
@@ -386,8 +422,10 @@ class _Dispatcher:
     # -- the I/O thread -------------------------------------------------------
 
     def _run(self) -> None:
+        ended_well = False
         try:
             self._loop()
+            ended_well = True
         except BaseException as exc:
             logger.exception("stalwart's dispatcher thread failed")
             error = BrokenProcessPool(
@@ -398,7 +436,7 @@ class _Dispatcher:
             error.__cause__ = exc
             self._break(error)
         finally:
-            self._stop_workers()
+            self._park_or_stop_workers(may_park=ended_well)
             self._close()
             self.cancel_requested.set()  # never leave shutdown() waiting
 
@@ -436,7 +474,7 @@ class _Dispatcher:
         if any(slot.in_flight for slot in self.slots):
             return False
         while self.pending and self.pending[0].future.cancelled():
-            self.pending.popleft().claim()
+            self._claim(self.pending.popleft())
         return not self.pending
 
     def _on_wake(self, key: selectors.SelectorKey, mask: int) -> None:
@@ -479,13 +517,19 @@ class _Dispatcher:
         finally:
             child_end.close()  # the child has its copy; ours would hide its EOF
         os.set_blocking(parent_end.fileno(), False)
-        slot = _WorkerSlot(process, parent_end, self.worker_config.max_tasks)
+        self._add_slot(_WorkerSlot(process, parent_end, self.worker_config.max_tasks))
+        self.stats.workers_started += 1
+        if self.deaths_to_replace:
+            self.deaths_to_replace -= 1
+            self.stats.workers_replaced += 1
+        logger.debug("started worker %s", process.pid)
+
+    def _add_slot(self, slot: _WorkerSlot) -> None:
         self.slots.append(slot)
         self.selector.register(slot.fd, selectors.EVENT_READ, self._on_pipe)
         self.selector.register(slot.sentinel, selectors.EVENT_READ, self._on_sentinel)
         self._slot_by_fd[slot.fd] = slot
         self._slot_by_fd[slot.sentinel] = slot
-        logger.debug("started worker %s", slot.pid)
 
     # -- dispatch ---------------------------------------------------------------
 
@@ -524,7 +568,7 @@ class _Dispatcher:
         batch: list[_Task] = []
         while room and pending:
             task = pending.popleft()
-            if not task.claim():
+            if not self._claim(task):
                 continue  # cancelled while queued
             if task.call is None and not self._serialize_again(task):
                 continue
@@ -552,7 +596,7 @@ class _Dispatcher:
                 task.fn, task.args, task.kwargs, by_value=self.by_value
             )
         except PicklingError as exc:  # an argument was changed since submit()
-            task.future.set_exception(exc)
+            self._fail(task, exc)
             return False
         return True
 
@@ -625,12 +669,12 @@ class _Dispatcher:
         kind = reply[0]
         if kind == _wire.RESULT:
             task = self._answered(slot, reply[1], reply[3])
-            task.future.set_result(reply[2])
+            self._succeed(task, reply[2])
         elif kind == _wire.ERROR:
             task = self._answered(slot, reply[1], reply[4])
             exc: BaseException = reply[2]
             exc.__cause__ = _RemoteTraceback(reply[3])
-            task.future.set_exception(exc)
+            self._fail(task, exc)
         elif kind == _wire.RESULT_BYTES:
             task = self._answered(slot, reply[1], reply[3])
             try:
@@ -638,7 +682,7 @@ class _Dispatcher:
             except BaseException as exc:  # noqa: BLE001 - fails that task only
                 self._fail_unreadable_result(slot, task, exc)
             else:
-                task.future.set_result(value)
+                self._succeed(task, value)
         elif kind == _wire.RECEIVED:
             # The worker holds these calls now: drop our copies, so the parent
             # does not keep every large argument until its result comes back.
@@ -669,7 +713,7 @@ class _Dispatcher:
             "parent process can import and rebuild; the executor carries on."
         )
         error.__cause__ = exc
-        task.future.set_exception(error)
+        self._fail(task, error)
 
     def _answered(self, slot: _WorkerSlot, task_id: int, busy_s: float) -> _Task:
         task = self._next_task_starts(slot)
@@ -691,6 +735,30 @@ class _Dispatcher:
         has_next = len(slot.in_flight) > slot.unacknowledged_tasks
         slot.running_since = time.monotonic() if has_next else None
         return task
+
+    # -- outcomes (counted for stats()) -------------------------------------------
+
+    def _succeed(self, task: _Task, value: Any) -> None:
+        self.stats.tasks_completed += 1
+        task.future.set_result(value)
+
+    def _fail(self, task: _Task, error: BaseException) -> None:
+        stats = self.stats
+        stats.tasks_failed += 1
+        if isinstance(error, WorkerCrashedError):
+            stats.tasks_crashed += 1
+        elif isinstance(error, TaskTimeoutError):
+            stats.tasks_timed_out += 1
+        task.future.set_exception(error)
+
+    def _claim(self, task: _Task) -> bool:
+        """``task.claim()``, counting a cancelled task once."""
+        if task.claimed:
+            return task.started
+        if not task.claim():
+            self.stats.tasks_cancelled += 1
+            return False
+        return True
 
     # -- task timeouts ------------------------------------------------------------
 
@@ -751,6 +819,11 @@ class _Dispatcher:
         self._forget_slot(slot)
         slot.process.join()
         exitcode = slot.process.exitcode
+        recycled = slot.tasks_left == 0 and exitcode == 0 and not slot.in_flight
+        if recycled:
+            self.stats.workers_recycled += 1
+        else:
+            self.deaths_to_replace += 1
         if slot.timed_out is not None:
             self._on_timeout(slot, slot.timed_out)
         elif slot.init_failure is not None or not slot.ready:
@@ -792,9 +865,11 @@ class _Dispatcher:
             crashed.describe(),
         )
         if crashed.attempts <= self.retries:
+            self.stats.tasks_retried += 1
             self.pending.appendleft(crashed)
             return
-        crashed.future.set_exception(
+        self._fail(
+            crashed,
             WorkerCrashedError(
                 _crash_message(slot.pid, exitcode, signal_name, crashed),
                 pid=slot.pid,
@@ -802,7 +877,7 @@ class _Dispatcher:
                 signal=signal_name,
                 task=crashed.describe(),
                 attempts=crashed.attempts,
-            )
+            ),
         )
 
     def _on_timeout(self, slot: _WorkerSlot, overdue: _Task) -> None:
@@ -817,13 +892,14 @@ class _Dispatcher:
                 "if the task needs more time."
             )
             logger.warning("%s", message)
-            overdue.future.set_exception(
+            self._fail(
+                overdue,
                 TaskTimeoutError(
                     message,
                     timeout=overdue.timeout,
                     pid=slot.pid,
                     task=overdue.describe(),
-                )
+                ),
             )
         # The tasks behind it never started (or, if the overdue one answered at
         # the last instant, the next one was cut short): they run elsewhere.
@@ -881,8 +957,8 @@ class _Dispatcher:
             tasks.extend(slot.in_flight)
             slot.in_flight.clear()
         for task in tasks:
-            if task.claim():
-                task.future.set_exception(error)
+            if self._claim(task):
+                self._fail(task, error)
 
     def _abort_in_flight(self) -> None:
         """Ctrl-C or interpreter exit on an interrupt: kill workers, fail their tasks."""
@@ -891,21 +967,53 @@ class _Dispatcher:
             _spawn.kill_worker_tree(slot.process)
         for slot in self.slots:
             for task in slot.in_flight:
-                task.future.set_exception(
+                self._fail(
+                    task,
                     CancelledError(
                         f"{task.describe()} was interrupted ({reason}): its worker "
                         "was terminated"
-                    )
+                    ),
                 )
             slot.in_flight.clear()
         while self.pending:
             task = self.pending.popleft()
             task.future.cancel()  # False if it was running: a re-queued task
-            if task.claim():
-                task.future.set_exception(CancelledError(f"interrupted ({reason})"))
+            if self._claim(task):
+                self._fail(task, CancelledError(f"interrupted ({reason})"))
 
-    def _stop_workers(self) -> None:
-        slots = list(self.slots)
+    def _park_or_stop_workers(self, may_park: bool) -> None:
+        """At the end: park the healthy idle workers (``reuse=True``), stop the rest."""
+        reuse = self.reuse
+        slots, self.slots = self.slots, []
+        if reuse is None or not may_park or self.broken or self.abort_reason:
+            self._stop_workers(slots)
+            return
+        self._stop_workers(
+            [
+                slot
+                for slot in slots
+                if not (slot.can_park() and self._park(slot, reuse))
+            ]
+        )
+
+    def _park(self, slot: _WorkerSlot, reuse: _reuse.ReusePolicy) -> bool:
+        """Hand one idle worker to the warm set; False if it must stop instead."""
+        if _interpreter_exiting:
+            return False
+        for fd in (slot.fd, slot.sentinel):
+            if self.selector.get_map().get(fd) is not None:
+                self.selector.unregister(fd)
+            self._slot_by_fd.pop(fd, None)
+        parked = _reuse.ParkedProcess(
+            slot.process, slot.conn, slot.tasks_left, reuse.keepalive
+        )
+        if not _reuse.PROCESSES.park(reuse.key, parked, reuse.idle_timeout):
+            return False
+        self.stats.workers_parked += 1
+        logger.debug("parked worker %s", slot.pid)
+        return True
+
+    def _stop_workers(self, slots: list[_WorkerSlot]) -> None:
         for slot in slots:
             if slot.ready:
                 # An explicit stop, not just EOF: under fork a worker holds a copy
@@ -933,7 +1041,6 @@ class _Dispatcher:
             slot.process.join()
             if not slot.conn.closed:
                 slot.conn.close()
-        self.slots.clear()
         # Nothing may keep a dead worker's Process object: loky closes its
         # sentinel fd only when that object is collected.
         self._slot_by_fd.clear()
@@ -945,6 +1052,77 @@ class _Dispatcher:
             os.close(self.wake_w)
             self.wake_armed = True  # nobody is listening any more
         _live_dispatchers.discard(self)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A process pool's constructor arguments, checked and resolved."""
+
+    max_workers: int
+    context: BaseContext
+    config: WorkerConfig
+    retries: int
+    task_timeout: float | None
+    reuse: _reuse.ReusePolicy | None
+
+    @classmethod
+    def resolve(
+        cls,
+        max_workers: int | None = None,
+        mp_context: BaseContext | str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        reuse: bool = False,
+        idle_timeout: float | None = None,
+    ) -> PoolSettings:
+        """Check every argument (raising as the constructor documents)."""
+        workers = _options.resolve_max_workers(max_workers)
+        context = _options.resolve_context(mp_context)
+        _options.check_initializer(initializer, initargs)
+        _options.check_max_tasks_per_child(max_tasks_per_child)
+        _options.check_retries(retries)
+        timeout = _options.check_task_timeout(task_timeout)
+        parked_for_s = _options.check_reuse(reuse, idle_timeout)
+        # Spawn-style contexts re-import the main script in the worker, so its
+        # functions can travel by reference; plain "loky" does not (by value then).
+        by_value = context.get_start_method() == "loky"
+        initializer_call = None
+        inherited: tuple[Any, ...] = ()
+        if initializer is not None:
+            try:
+                initializer_call = _pickling.serialize_call(
+                    initializer, initargs, {}, action="initializer", by_value=by_value
+                )
+            except PicklingError as error:
+                if not _is_shared_by_inheritance(error.unpicklable_type):
+                    raise
+                # A multiprocessing Queue/Lock/Event in initargs (the stdlib's
+                # own pattern) can only reach a worker as it starts: hand it to
+                # the start method, as the stdlib does.
+                inherited = (initializer, initargs)
+        main_path = None if by_value else _main_script_path()
+        config = WorkerConfig(
+            initializer_call, max_tasks_per_child, by_value, main_path, inherited
+        )
+        policy = None
+        if parked_for_s is not None:
+            policy = _reuse_policy(context, config, parked_for_s)
+        return cls(workers, context, config, retries, timeout, policy)
+
+    def signature(self) -> tuple[Any, ...]:
+        """Equal for settings that make equal executors (reuse=True only)."""
+        assert self.reuse is not None
+        return (
+            self.max_workers,
+            self.reuse.key,
+            self.reuse.idle_timeout,
+            self.retries,
+            self.task_timeout,
+        )
 
 
 class ProcessPoolExecutor(_map.MapMixin, Executor):
@@ -974,6 +1152,15 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             ``stalwart.TaskTimeoutError`` and a replacement worker starts.
             A timed-out task is not retried.
         retries: re-run a task whose worker died up to this many times.
+        reuse: at ``shutdown()``, park the idle workers, initializer state and
+            all, for the next ``reuse=True`` executor with the same settings to
+            adopt at once (see ``stalwart.get_reusable_executor``). Workers are
+            shared only between executors whose workers would be identical:
+            same start method, initializer and initargs (as pickled),
+            ``max_tasks_per_child``, working directory, ``sys.path`` and
+            environment variables.
+        idle_timeout: seconds a parked worker waits to be adopted before it
+            exits (default 60); only with ``reuse=True``.
         check_pickle: accepted so that every executor takes the same keywords;
             a process pool always pickles the call in ``submit()``, so the check
             is always on here (``ThreadPoolExecutor`` makes it optional).
@@ -989,40 +1176,49 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
+        reuse: bool = False,
+        idle_timeout: float | None = None,
         check_pickle: bool = True,
     ) -> None:
         _refuse_while_bootstrapping()
-        workers = _options.resolve_max_workers(max_workers)
-        context = _options.resolve_context(mp_context)
-        _options.check_initializer(initializer, initargs)
-        _options.check_max_tasks_per_child(max_tasks_per_child)
-        _options.check_retries(retries)
-        self._task_timeout = _options.check_task_timeout(task_timeout)
-        # Spawn-style contexts re-import the main script in the worker, so its
-        # functions can travel by reference; plain "loky" does not (by value then).
-        by_value = context.get_start_method() == "loky"
-        initializer_call = None
-        inherited: tuple[Any, ...] = ()
-        if initializer is not None:
-            try:
-                initializer_call = _pickling.serialize_call(
-                    initializer, initargs, {}, action="initializer", by_value=by_value
-                )
-            except PicklingError as error:
-                if not _is_shared_by_inheritance(error.unpicklable_type):
-                    raise
-                # A multiprocessing Queue/Lock/Event in initargs (the stdlib's
-                # own pattern) can only reach a worker as it starts: hand it to
-                # the start method, as the stdlib does.
-                inherited = (initializer, initargs)
-        main_path = None if by_value else _main_script_path()
-        config = WorkerConfig(
-            initializer_call, max_tasks_per_child, by_value, main_path, inherited
+        settings = PoolSettings.resolve(
+            max_workers,
+            mp_context,
+            initializer,
+            initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            task_timeout=task_timeout,
+            retries=retries,
+            reuse=reuse,
+            idle_timeout=idle_timeout,
         )
-        self._max_workers = workers
-        self._mp_context = context
-        self._dispatcher = dispatcher = _Dispatcher(workers, context, config, retries)
-        self._by_value = by_value
+        self._open(settings)
+
+    @classmethod
+    def _from_settings(cls, settings: PoolSettings) -> Self:
+        """An executor for settings already resolved (get_reusable_executor)."""
+        _refuse_while_bootstrapping()
+        executor = cls.__new__(cls)
+        executor._open(settings)
+        return executor
+
+    def _open(self, settings: PoolSettings) -> None:
+        self._settings = settings
+        self._max_workers = settings.max_workers
+        self._mp_context = settings.context
+        self._task_timeout = settings.task_timeout
+        self._by_value = settings.config.by_value
+        self._dispatcher = dispatcher = _Dispatcher(
+            settings.max_workers,
+            settings.context,
+            settings.config,
+            settings.retries,
+            settings.reuse,
+        )
+        if settings.reuse is not None:
+            dispatcher.adopt(
+                _reuse.PROCESSES.adopt(settings.reuse.key, settings.max_workers)
+            )
         # Dropped without shutdown(): finish the submitted work, then stop (stdlib).
         self._finalizer = weakref.finalize(
             self, dispatcher.request_shutdown, False, None
@@ -1070,16 +1266,39 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             dispatcher.enqueue(task)
         return future
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self,
+        wait: bool = True,
+        *,
+        cancel_futures: bool = False,
+        kill_workers: bool = False,
+    ) -> None:
         """Stop accepting work; running and queued work still completes.
 
+        With ``reuse=True`` the idle workers are then parked, not stopped.
+
         Args:
-            wait: block until all submitted work is done and the workers exited.
+            wait: block until all submitted work is done and the workers exited
+                (or, with ``reuse=True``, were parked).
             cancel_futures: cancel every future that has not started running.
+            kill_workers: kill the workers now, with any processes their tasks
+                started: running tasks fail with ``CancelledError``, queued ones
+                are cancelled, and nothing is parked.
         """
-        self._dispatcher.request_shutdown(cancel_futures, None)
+        if kill_workers:
+            self._dispatcher.request_shutdown(True, "shutdown(kill_workers=True)")
+        else:
+            self._dispatcher.request_shutdown(cancel_futures, None)
         if wait:
             self._dispatcher.join()
+
+    def stats(self) -> ExecutorStats:
+        """What this executor did so far: tasks by outcome, workers by origin."""
+        return self._dispatcher.stats.snapshot()
+
+    def _accepts_work(self) -> bool:
+        dispatcher = self._dispatcher
+        return dispatcher.broken is None and not dispatcher.shutdown_requested
 
     def __exit__(
         self,
@@ -1111,6 +1330,26 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             f"<stalwart.ProcessPoolExecutor max_workers={self._max_workers} "
             f"start_method={self._mp_context.get_start_method()!r} {state}>"
         )
+
+
+def _reuse_policy(
+    context: BaseContext, config: WorkerConfig, idle_timeout: float
+) -> _reuse.ReusePolicy:
+    """Park under everything that shapes a worker process, so that an executor
+    only ever adopts workers identical to those it would have started."""
+    inherited = config.inherited_initializer
+    key = (
+        "process",
+        context.get_start_method(),
+        config.initializer_call,
+        _reuse.identity_key(inherited[:1] + tuple(inherited[1]) if inherited else ()),
+        config.max_tasks,
+        config.by_value,
+        config.main_path,
+        _reuse.environment_fingerprint(),
+    )
+    keepalive = (inherited[0], *inherited[1]) if inherited else ()
+    return _reuse.ReusePolicy(key, idle_timeout, keepalive)
 
 
 def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -47,7 +47,8 @@ from concurrent.futures import ThreadPoolExecutor as _StdlibThreadPoolExecutor
 from concurrent.futures.thread import BrokenThreadPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _map, _options, _pickling, _state
+from stalwart import _map, _options, _pickling, _reuse, _state
+from stalwart._stats import ExecutorStats
 from stalwart.errors import InitializerError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -157,12 +158,16 @@ class _Pool:
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
         max_tasks: int | None,
+        reuse: _reuse.ReusePolicy | None,
     ) -> None:
         self.max_workers = max_workers
         self.name_prefix = name_prefix
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
+        self.reuse = reuse
+        self.stats = ExecutorStats()
+        self.abandoned_to_replace = 0  # abandoned threads not replaced yet
 
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)  # idle workers wait here
@@ -195,6 +200,7 @@ class _Pool:
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self.queue.append(item)
+        self.stats.tasks_submitted += 1
         self.work_ready.notify()
         self.plan_workers()
 
@@ -208,15 +214,41 @@ class _Pool:
         while len(self.queue) > self.idle and len(self.workers) < self.max_workers:
             worker = _Worker(self.max_tasks)
             worker.thread = threading.Thread(
-                target=self._work,
-                args=(worker,),
-                name=f"{self.name_prefix}_{next(self.thread_numbers)}",
+                target=_worker_thread,
+                # A list the thread empties: Thread keeps its args until the
+                # thread ends, and a parked thread must not keep this pool alive.
+                args=([(self, worker)],),
+                name=self.next_thread_name(),
                 daemon=True,  # abandoned threads must not block exit; see _on_exit
             )
             self.workers.add(worker)
             self.idle += 1
             self.unstarted.append(worker)
+            self.stats.workers_started += 1
+            if self.abandoned_to_replace:
+                self.abandoned_to_replace -= 1
+                self.stats.workers_replaced += 1
             _live_pools.add(self)
+
+    def next_thread_name(self) -> str:
+        return f"{self.name_prefix}_{next(self.thread_numbers)}"
+
+    def adopt(self, parked: list[_reuse.ParkedThread[Any]]) -> None:
+        """Take over warm threads parked by an earlier pool. No lock."""
+        with self.lock:
+            workers = []
+            for handle in parked:
+                worker = _Worker(handle.tasks_left)
+                worker.thread = handle.thread
+                worker.thread.name = self.next_thread_name()
+                self.workers.add(worker)
+                self.idle += 1
+                workers.append(worker)
+            self.stats.workers_reused += len(parked)
+            if parked:
+                _live_pools.add(self)
+        for handle, worker in zip(parked, workers, strict=True):
+            handle.hand_over((self, worker))
 
     def start_planned(self) -> Exception | None:
         """Start the planned threads. Lock NOT held.
@@ -235,6 +267,7 @@ class _Pool:
                 with self.lock:
                     self.workers.discard(worker)
                     self.idle -= 1
+                    self.stats.workers_started -= 1
                     self.deadlines_changed.notify_all()
                     if not self.workers:
                         failure = exc
@@ -267,10 +300,15 @@ class _Pool:
                     )
         self.fail_doomed()
 
-    def request_shutdown(self, cancel_futures: bool) -> None:
-        """Refuse new work; the queued work still runs unless cancelled. No lock."""
+    def request_shutdown(self, cancel_futures: bool, park: bool = True) -> None:
+        """Refuse new work; the queued work still runs unless cancelled. No lock.
+
+        ``park=False``: idle threads end instead of parking (``reuse=True``).
+        """
         with self.lock:
             self.shutdown_requested = True
+            if not park:
+                self.reuse = None
             cancelled = list(self.queue) if cancel_futures else []
             if cancel_futures:
                 self.queue.clear()
@@ -280,7 +318,8 @@ class _Pool:
             item.future.cancel()
             # Moves it to CANCELLED_AND_NOTIFIED: wait() and as_completed() count
             # a cancelled future as done only once the executor said so.
-            item.future.set_running_or_notify_cancel()
+            if not item.future.set_running_or_notify_cancel():
+                self.stats.tasks_cancelled += 1
 
     def join(self) -> None:
         """Wait for every non-abandoned worker, and the watchdog, to exit. No lock."""
@@ -299,7 +338,8 @@ class _Pool:
 
     # -- worker threads -----------------------------------------------------------
 
-    def _work(self, worker: _Worker) -> None:
+    def initialize(self, worker: _Worker) -> bool:
+        """Run the initializer in a new worker thread; False if it raised."""
         state = None
         if self.initializer is not None:
             succeeded, state = _call(self.initializer, self.initargs, {})
@@ -308,20 +348,49 @@ class _Pool:
                 # The pool keeps the exception, whose traceback keeps this
                 # frame: no cycle back to the pool through `self`.
                 del self, state
-                return
+                return False
         _state.set_thread_worker_state(state)
+        return True
+
+    def serve(self, worker: _Worker) -> _Parking | None:
+        """Run tasks until the pool no longer needs this thread; then either
+        where to park it (``reuse=True``) or None: the thread exits."""
         while True:
             with self.lock:
                 item = self._next_item(worker)
                 if item is None:
-                    self._retire(worker)
-                    return
+                    return self._park_or_retire(worker)
             keep_going = self._run(worker, item)
             # Dropped before waiting for the next item: the caller alone decides
             # how long fn, its arguments and its result stay alive (stdlib).
             del item
             if not keep_going:
-                return
+                return None
+
+    def _park_or_retire(self, worker: _Worker) -> _Parking | None:
+        """The pool is done with this idle thread. Lock held.
+
+        With ``reuse=True`` it goes to the warm set, registered there before
+        ``join()`` can return, so the next executor finds it.
+        """
+        reuse = self.reuse
+        if (
+            reuse is not None
+            and self.broken is None
+            and not _interpreter_exiting
+            and (worker.tasks_left is None or worker.tasks_left > 0)
+        ):
+            assert worker.thread is not None
+            handle: _reuse.ParkedThread[Any] = _reuse.ParkedThread(
+                worker.thread, worker.tasks_left, reuse.keepalive
+            )
+            if _reuse.THREADS.park(reuse.key, handle):
+                self.workers.discard(worker)
+                self.stats.workers_parked += 1
+                self.deadlines_changed.notify_all()  # join() looks again
+                return _Parking(reuse, handle)
+        self._retire(worker)
+        return None
 
     def _next_item(self, worker: _Worker) -> _WorkItem | None:
         """The next item to run, claimed (RUNNING); None: time to exit. Lock held."""
@@ -333,6 +402,7 @@ class _Pool:
                 return None
             item = self.queue.popleft()
             if not item.future.set_running_or_notify_cancel():
+                self.stats.tasks_cancelled += 1
                 continue  # cancelled while queued
             self.idle -= 1
             worker.item = item
@@ -356,10 +426,15 @@ class _Pool:
                 worker.tasks_left -= 1
                 recycle = worker.tasks_left == 0
             if recycle:
+                self.stats.workers_recycled += 1
                 self._retire(worker)
                 self.plan_workers()
             else:
                 self.idle += 1
+            if succeeded:
+                self.stats.tasks_completed += 1
+            else:
+                self.stats.tasks_failed += 1
         if self.unstarted or self.doomed:
             self.settle()
         future = item.future
@@ -421,7 +496,12 @@ class _Pool:
         for item in items:
             if item.future.set_running_or_notify_cancel():
                 assert breakage is not None
+                with self.lock:
+                    self.stats.tasks_failed += 1
                 item.future.set_exception(breakage.error())
+            else:
+                with self.lock:
+                    self.stats.tasks_cancelled += 1
 
     # -- task timeouts --------------------------------------------------------------
 
@@ -469,10 +549,50 @@ class _Pool:
             worker.abandoned = True
             worker.item = worker.deadline = None
             self.workers.discard(worker)
+            self.abandoned_to_replace += 1
+            self.stats.tasks_failed += 1
+            self.stats.tasks_timed_out += 1
         if overdue:
             self.deadlines_changed.notify_all()  # join() need not wait for them
             self.plan_workers()
         return overdue
+
+
+class _Parking:
+    """Where a worker thread waits for its next pool, and for how long."""
+
+    __slots__ = ("handle", "reuse")
+
+    def __init__(
+        self, reuse: _reuse.ReusePolicy, handle: _reuse.ParkedThread[Any]
+    ) -> None:
+        self.reuse = reuse
+        self.handle = handle
+
+    def wait_for_adoption(self) -> tuple[_Pool, _Worker] | None:
+        assignment: tuple[_Pool, _Worker] | None = _reuse.THREADS.wait_for_adoption(
+            self.reuse.key, self.handle, self.reuse.idle_timeout
+        )
+        return assignment
+
+
+def _worker_thread(start: list[tuple[_Pool, _Worker]]) -> None:
+    """A worker thread's life: initialize once, serve its pool; with
+    ``reuse=True``, park when that pool shuts down and serve the next pool that
+    adopts it, ``worker_state()`` and all."""
+    pool, worker = start.pop()
+    if not pool.initialize(worker):
+        return
+    while True:
+        parking = pool.serve(worker)
+        del pool, worker  # a parked thread keeps no pool alive
+        if parking is None:
+            return
+        assignment = parking.wait_for_adoption()
+        del parking
+        if assignment is None:
+            return  # idle for too long, or the interpreter is exiting
+        pool, worker = assignment
 
 
 def _call(
@@ -551,6 +671,12 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             running the initializer again, takes over.
         task_timeout: seconds a task may run (counted from when a thread starts
             running it, not from submit()); see above.
+        reuse: at ``shutdown()``, park the idle threads, ``worker_state()``
+            and all, for the next ``reuse=True`` thread pool with the same
+            initializer, initargs (equal, or the same objects when they cannot
+            be hashed) and ``max_tasks_per_child`` to adopt at once.
+        idle_timeout: seconds a parked thread waits to be adopted before it
+            exits (default 60); only with ``reuse=True``.
         check_pickle: pre-check every call's picklability in ``submit()``.
     """
 
@@ -565,6 +691,8 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         retries: int = 0,
+        reuse: bool = False,
+        idle_timeout: float | None = None,
         check_pickle: bool = False,
     ) -> None:
         # The stdlib's __init__ is deliberately not called: it builds the work
@@ -582,6 +710,13 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         if not isinstance(check_pickle, bool):
             raise TypeError(f"check_pickle must be True or False, got {check_pickle!r}")
         self._task_timeout = _options.check_task_timeout(task_timeout)
+        parked_for_s = _options.check_reuse(reuse, idle_timeout)
+        policy = None
+        if parked_for_s is not None:
+            key, keepalive = _reuse.thread_key(initializer, initargs)
+            policy = _reuse.ReusePolicy(
+                ("thread", max_tasks_per_child, key), parked_for_s, keepalive
+            )
         self._check_pickle = check_pickle
         self._max_workers = workers
         self._thread_name_prefix = (
@@ -593,7 +728,10 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             initializer,
             initargs,
             max_tasks_per_child,
+            policy,
         )
+        if policy is not None:
+            pool.adopt(_reuse.THREADS.adopt(policy.key, workers))
         # Dropped without shutdown(): finish the submitted work, then stop (stdlib).
         self._finalizer = weakref.finalize(self, pool.request_shutdown, False)
         self._finalizer.atexit = False
@@ -637,17 +775,41 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             ) from failure
         return future
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self,
+        wait: bool = True,
+        *,
+        cancel_futures: bool = False,
+        kill_workers: bool = False,
+    ) -> None:
         """Stop accepting work; running and queued work still completes.
+
+        With ``reuse=True`` the idle threads are then parked, not ended.
 
         Args:
             wait: block until the submitted work is done and the threads exited
-                (abandoned threads, see ``task_timeout``, are not waited for).
+                or were parked (abandoned threads, see ``task_timeout``, are not
+                waited for).
             cancel_futures: cancel every future that has not started running.
+            kill_workers: the process pool's option, as near as threads allow:
+                queued work is cancelled and no thread is parked, but a running
+                task cannot be stopped, so it finishes.
         """
-        self._pool.request_shutdown(cancel_futures)
+        self._pool.request_shutdown(
+            cancel_futures or kill_workers, park=not kill_workers
+        )
         if wait:
             self._pool.join()
+
+    def stats(self) -> ExecutorStats:
+        """What this executor did so far: tasks by outcome, threads by origin.
+
+        ``tasks_crashed`` and ``tasks_retried`` stay 0: a thread cannot die on
+        its own. ``workers_replaced`` counts threads started in place of
+        abandoned ones (``task_timeout``).
+        """
+        with self._pool.lock:
+            return self._pool.stats.snapshot()
 
     def __exit__(
         self,
