@@ -185,6 +185,36 @@ def map_superpowers() -> None:
         sum(ex.map(slow_square, range(40), progress=True))
 
 
+def warm_workers() -> None:
+    section("9. reuse=True: the next with block adopts warm workers, model and all")
+    blocks = 5
+    for reuse in (False, True):
+        started = time.perf_counter()
+        pids: set[int] = set()
+        for _ in range(blocks):
+            with stalwart.ProcessPoolExecutor(
+                max_workers=2,
+                initializer=load_model,
+                initargs=("sentiment-v2",),
+                reuse=reuse,
+                idle_timeout=5,
+            ) as ex:
+                pids |= {pid for _, _, pid, _ in ex.map(predict, ["good"] * 8)}
+        elapsed = time.perf_counter() - started
+        last = ex.stats()
+        print(
+            f"  reuse={reuse!s:5}: {blocks} with blocks in {elapsed:.2f} s, "
+            f"{len(pids)} worker processes in all; the last block started "
+            f"{last.workers_started}, reused {last.workers_reused}, "
+            f"parked {last.workers_parked}"
+        )
+    print(
+        "each reuse=False block starts workers and loads the model again; with "
+        "reuse=True they are parked at shutdown and adopted by the next block "
+        "(they exit after idle_timeout unused, or at interpreter exit)"
+    )
+
+
 def main() -> None:
     print(
         f"stalwart tour on Python {sys.version.split()[0]}, pid {os.getpid()}, "
@@ -198,6 +228,7 @@ def main() -> None:
     drop_in_throughput()
     change_one_word()
     map_superpowers()
+    warm_workers()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")
 
 

@@ -35,8 +35,9 @@ next block, short enough that they are gone before the leak check gives up."""
 def warm(kind: str, log: Path, **kwargs: Any) -> Any:
     """An executor of `kind` whose workers count their calls (see count_call)."""
     kwargs.setdefault("idle_timeout", IDLE_S)
+    kwargs.setdefault("reuse", True)
     return open_executor(
-        kind, reuse=True, initializer=tasks.init_counter, initargs=(str(log),), **kwargs
+        kind, initializer=tasks.init_counter, initargs=(str(log),), **kwargs
     )
 
 
@@ -150,11 +151,16 @@ def test_reuse_false_neither_parks_nor_adopts(kind: str, tmp_path: Path) -> None
     assert stats.workers_parked == 0
 
 
-def test_idle_timeout_without_reuse_is_refused(kind: str) -> None:
-    with pytest.raises(ValueError, match="reuse=True"):
-        open_executor(kind, idle_timeout=5)
-    with pytest.raises(ValueError, match="idle_timeout must be > 0"):
-        open_executor(kind, reuse=True, idle_timeout=0)
+def test_idle_timeout_is_checked_and_needs_reuse_to_matter(
+    kind: str, tmp_path: Path
+) -> None:
+    for reuse in (True, False):
+        with pytest.raises(ValueError, match="idle_timeout must be > 0"):
+            open_executor(kind, reuse=reuse, idle_timeout=0)
+        with pytest.raises(TypeError, match="idle_timeout must be None or a number"):
+            open_executor(kind, reuse=reuse, idle_timeout="5")
+    stats, _ = run_block(kind, tmp_path / "inits", reuse=False)
+    assert stats.workers_parked == 0  # reuse=False: idle_timeout has no effect
 
 
 def test_stats_count_what_happened_to_the_tasks(kind: str, manager: Any) -> None:

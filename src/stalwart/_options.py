@@ -118,20 +118,14 @@ def check_task_timeout(task_timeout: object) -> float | None:
 
 def check_reuse(reuse: object, idle_timeout: object) -> float | None:
     """``reuse`` and ``idle_timeout``: how long parked workers wait, or None when
-    the executor does not park its workers (``reuse=False``)."""
+    the executor does not park its workers (``reuse=False``, where a valid
+    ``idle_timeout`` has no effect, so that ``reuse=flag`` can be toggled alone)."""
     if not isinstance(reuse, bool):
         raise TypeError(f"reuse must be True or False, got {reuse!r}")
-    if not reuse:
-        if idle_timeout is not None:
-            raise ValueError(
-                f"idle_timeout={idle_timeout!r} only applies to the warm workers that "
-                "a reuse=True executor parks at shutdown; pass reuse=True as well, "
-                "or drop idle_timeout."
-            )
-        return None
-    if idle_timeout is None:
-        return DEFAULT_IDLE_TIMEOUT_S
-    return _positive_seconds("idle_timeout", idle_timeout, "(None: a minute)")
+    parked_for_s = DEFAULT_IDLE_TIMEOUT_S
+    if idle_timeout is not None:
+        parked_for_s = _positive_seconds("idle_timeout", idle_timeout, "(None: 60)")
+    return parked_for_s if reuse else None
 
 
 def _positive_seconds(name: str, value: object, default_hint: str) -> float:

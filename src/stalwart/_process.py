@@ -1160,7 +1160,7 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             ``max_tasks_per_child``, working directory, ``sys.path`` and
             environment variables.
         idle_timeout: seconds a parked worker waits to be adopted before it
-            exits (default 60); only with ``reuse=True``.
+            exits (default 60); no effect without ``reuse=True``.
         check_pickle: accepted so that every executor takes the same keywords;
             a process pool always pickles the call in ``submit()``, so the check
             is always on here (``ThreadPoolExecutor`` makes it optional).

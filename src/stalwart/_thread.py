@@ -676,7 +676,7 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             initializer, initargs (equal, or the same objects when they cannot
             be hashed) and ``max_tasks_per_child`` to adopt at once.
         idle_timeout: seconds a parked thread waits to be adopted before it
-            exits (default 60); only with ``reuse=True``.
+            exits (default 60); no effect without ``reuse=True``.
         check_pickle: pre-check every call's picklability in ``submit()``.
     """
 
