@@ -65,3 +65,10 @@ def io_wait(seconds: float) -> float:
     """Stands for a blocking I/O call: the thread waits without the GIL."""
     time.sleep(seconds)
     return seconds
+
+
+def load_model(seconds: float) -> dict[str, float]:
+    """Stands for an initializer that loads a model: it takes ``seconds`` once per
+    worker and returns something small (what ``stalwart.worker_state()`` gives)."""
+    time.sleep(seconds)
+    return {"loaded_in_s": seconds}

@@ -40,6 +40,7 @@ ORDER = (
     "bench_map",
     "bench_map_memory",
     "bench_thread",
+    "bench_reuse",
 )
 """The contract's order; any other ``bench_*.py`` follows, alphabetically."""
 TIMEOUT_S = {False: 900, True: 180}  # per benchmark program: full, --quick

@@ -325,6 +325,7 @@ class _Dispatcher:
         self.shutdown_requested = False
         self.cancel_pending = False  # shutdown(cancel_futures=True) asked for it
         self.cancel_requested = threading.Event()  # ... and the I/O thread did it
+        self.finished = threading.Event()  # the I/O thread is done with us
         self.abort_reason: str | None = None
         self.broken: BrokenProcessPool | None = None
 
@@ -349,11 +350,24 @@ class _Dispatcher:
         self.wake()
 
     def ensure_thread(self) -> None:
-        """Start the I/O thread, on the first task or on adopting warm workers."""
+        """Start the I/O thread, on the first task or on adopting warm workers.
+
+        A ``reuse=True`` executor takes over an idle I/O thread that an earlier
+        one left (see _io_thread_main), if there is one, rather than starting one.
+        """
         if self.thread is not None:
             return
+        if self.reuse is not None:
+            for idle in _reuse.THREADS.adopt(_IDLE_IO_THREAD, 1):
+                self.thread = idle.thread
+                _live_dispatchers.add(self)
+                idle.hand_over(self)
+                return
         thread = threading.Thread(
-            target=self._run, name="stalwart-dispatcher", daemon=True
+            target=_io_thread_main,
+            args=([self],),
+            name="stalwart-dispatcher",
+            daemon=True,
         )
         try:
             thread.start()
@@ -370,6 +384,11 @@ class _Dispatcher:
         for worker in parked:
             slot = _WorkerSlot(worker.process, worker.conn, worker.tasks_left)
             slot.ready = True  # its initializer ran when it first started
+            # Carry on from what its last executor learnt (the window starts
+            # over by itself if the worker sat idle for long).
+            slot.window, slot.idle_since = worker.window, worker.idle_since
+            if self.avg_busy_s is None:
+                self.avg_busy_s = worker.avg_busy_s
             self._add_slot(slot)
             logger.debug("adopted warm worker %s", slot.pid)
         self.stats.workers_reused += len(parked)
@@ -406,7 +425,7 @@ class _Dispatcher:
             # stdlib's call queue would have, then cancels the rest; shutdown()
             # returns only once those futures are cancelled.
             assert thread is not None
-            while not self.cancel_requested.wait(0.1) and thread.is_alive():
+            while not self.cancel_requested.wait(0.1) and not self.finished.is_set():
                 pass
 
     def _cancel_pending(self) -> None:
@@ -415,13 +434,16 @@ class _Dispatcher:
                 task.future.cancel()
 
     def join(self) -> None:
+        """Wait until the I/O thread is done with this executor (workers stopped
+        or parked); the thread itself may live on, idle, for the next one."""
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            self.finished.wait()
 
     # -- the I/O thread -------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> bool:
+        """The I/O thread's work for this executor; True if it ended as it should."""
         ended_well = False
         try:
             self._loop()
@@ -436,9 +458,17 @@ class _Dispatcher:
             error.__cause__ = exc
             self._break(error)
         finally:
-            self._park_or_stop_workers(may_park=ended_well)
-            self._close()
-            self.cancel_requested.set()  # never leave shutdown() waiting
+            try:
+                self._park_or_stop_workers(may_park=ended_well)
+                self._close()
+            except BaseException:
+                logger.exception("stalwart's dispatcher thread failed to stop")
+                ended_well = False
+                _kill_all(self.slots)
+            finally:
+                self.cancel_requested.set()  # never leave shutdown() waiting
+                self.finished.set()  # nor join()
+        return ended_well
 
     def _loop(self) -> None:
         # The thread starts with a wake-up pending (submit() queued a task), so
@@ -982,19 +1012,18 @@ class _Dispatcher:
                 self._fail(task, CancelledError(f"interrupted ({reason})"))
 
     def _park_or_stop_workers(self, may_park: bool) -> None:
-        """At the end: park the healthy idle workers (``reuse=True``), stop the rest."""
+        """At the end: park the healthy idle workers (``reuse=True``), stop the rest.
+
+        ``self.slots`` keeps each worker not yet parked or stopped, for run()'s
+        last-resort kill should this fail.
+        """
         reuse = self.reuse
-        slots, self.slots = self.slots, []
-        if reuse is None or not may_park or self.broken or self.abort_reason:
-            self._stop_workers(slots)
-            return
-        self._stop_workers(
-            [
-                slot
-                for slot in slots
-                if not (slot.can_park() and self._park(slot, reuse))
-            ]
-        )
+        if reuse is not None and may_park and not (self.broken or self.abort_reason):
+            for slot in list(self.slots):
+                if slot.can_park() and self._park(slot, reuse):
+                    self.slots.remove(slot)
+        self._stop_workers(list(self.slots))
+        self.slots.clear()
 
     def _park(self, slot: _WorkerSlot, reuse: _reuse.ReusePolicy) -> bool:
         """Hand one idle worker to the warm set; False if it must stop instead."""
@@ -1005,7 +1034,13 @@ class _Dispatcher:
                 self.selector.unregister(fd)
             self._slot_by_fd.pop(fd, None)
         parked = _reuse.ParkedProcess(
-            slot.process, slot.conn, slot.tasks_left, reuse.keepalive
+            slot.process,
+            slot.conn,
+            slot.tasks_left,
+            reuse.keepalive,
+            window=slot.window,
+            idle_since=slot.idle_since,
+            avg_busy_s=self.avg_busy_s,
         )
         if not _reuse.PROCESSES.park(reuse.key, parked, reuse.idle_timeout):
             return False
@@ -1122,6 +1157,33 @@ class PoolSettings:
             self.reuse.idle_timeout,
             self.retries,
             self.task_timeout,
+        )
+
+
+_IDLE_IO_THREAD = ("process", "idle I/O thread")
+"""The warm-set key under which I/O threads of reuse=True executors wait."""
+
+IO_THREAD_LINGER_S = 1.0
+"""How long an idle I/O thread waits for the next reuse=True executor: with
+blocks in a loop would otherwise start (and end) a thread each."""
+
+
+def _io_thread_main(start: list[_Dispatcher]) -> None:
+    """An I/O thread's life: run a dispatcher; after a reuse=True one, wait a
+    moment for the next reuse=True executor to hand it another."""
+    dispatcher: _Dispatcher | None = start.pop()
+    while dispatcher is not None:
+        reusable = dispatcher.run() and dispatcher.reuse is not None
+        del dispatcher  # an idle thread keeps no executor's state alive
+        if not reusable or _interpreter_exiting:
+            return
+        idle: _reuse.ParkedThread[_Dispatcher] = _reuse.ParkedThread(
+            threading.current_thread(), None
+        )
+        if not _reuse.THREADS.park(_IDLE_IO_THREAD, idle):
+            return
+        dispatcher = _reuse.THREADS.wait_for_adoption(
+            _IDLE_IO_THREAD, idle, IO_THREAD_LINGER_S
         )
 
 
@@ -1330,6 +1392,14 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             f"<stalwart.ProcessPoolExecutor max_workers={self._max_workers} "
             f"start_method={self._mp_context.get_start_method()!r} {state}>"
         )
+
+
+def _kill_all(slots: list[_WorkerSlot]) -> None:
+    """Last resort when stopping failed: no worker may outlive its executor."""
+    for slot in slots:
+        with contextlib.suppress(Exception):
+            _spawn.kill_worker_tree(slot.process)
+            slot.process.join(WORKER_EXIT_GRACE_S)
 
 
 def _reuse_policy(

@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("stalwart")
 
+REAPER_LINGER_S = 1.0
+"""How long the reaper thread waits, with nothing parked, before it ends: with
+blocks in a loop adopt everything and park it again a moment later, and a new
+thread (and wake-up pipe) for each block would cost more than the block."""
+
 STOP_GRACE_S = 5.0
 """How long a parked process worker may take to exit after STOP before a kill."""
 
@@ -90,6 +95,11 @@ class ParkedProcess:
     conn: Connection  # the parent's end; non-blocking
     tasks_left: int | None  # max_tasks_per_child budget left; None: unlimited
     keepalive: tuple[Any, ...] = ()  # objects whose ids are part of its key
+    # What its last executor had learnt, so the next one need not start over:
+    # its dispatch window, when it went idle, and the measured task time.
+    window: int = 1
+    idle_since: float = 0.0
+    avg_busy_s: float | None = None
     expires_at: float = 0.0  # monotonic
     stop_deadline: float = math.inf  # set once STOP was sent
 
@@ -107,6 +117,7 @@ class _ProcessWarmSet:
         self.stopping: list[ParkedProcess] = []  # STOP sent, not yet exited
         self.closed = False  # interpreter exit: nothing is parked any more
         self.reaper: threading.Thread | None = None
+        self.reaper_wakes_at = -math.inf  # when its current wait ends (monotonic)
         self.wake_r = self.wake_w = -1  # the reaper's wake-up pipe, while it runs
 
     def park(self, key: Hashable, worker: ParkedProcess, idle_timeout: float) -> bool:
@@ -119,7 +130,10 @@ class _ProcessWarmSet:
             if not self._ensure_reaper():
                 self.parked[key].remove(worker)
                 return False
-            self._wake()
+            if worker.expires_at < self.reaper_wakes_at:
+                # Otherwise the reaper sees this worker when it next wakes; with
+                # blocks in a loop, the next block adopts it well before that.
+                self._wake()
         return True
 
     def adopt(self, key: Hashable, n: int) -> list[ParkedProcess]:
@@ -133,8 +147,8 @@ class _ProcessWarmSet:
                 (adopted if worker.alive else dead).append(worker)
             if not workers:
                 self.parked.pop(key, None)
-            if adopted or dead:
-                self._wake()  # its deadlines and sentinels changed
+            # No need to wake the reaper: an adopted worker's sentinel or
+            # deadline in its wait can only make it look again, sooner.
         for worker in dead:
             _release(worker)
         return adopted
@@ -159,6 +173,7 @@ class _ProcessWarmSet:
         """Start the reaper thread if it is not running (lock held)."""
         if self.reaper is not None:
             return True
+        self.reaper_wakes_at = -math.inf  # it looks at everything when it starts
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -184,21 +199,32 @@ class _ProcessWarmSet:
         self.wake_r = self.wake_w = -1
 
     def _reap(self) -> None:
+        last_busy = time.monotonic()
         while True:
             with self.lock:
                 self._end_expired_and_dead()
                 everyone = [w for ws in self.parked.values() for w in ws]
                 everyone += self.stopping
-                if not everyone:
+                now = time.monotonic()
+                if everyone:
+                    last_busy = now
+                elif self.closed or now - last_busy >= REAPER_LINGER_S:
                     self.reaper = None
                     self._close_wake_pipe()
                     return
                 deadlines = [w.expires_at for ws in self.parked.values() for w in ws]
                 deadlines += [w.stop_deadline for w in self.stopping]
+                deadlines.append(last_busy + REAPER_LINGER_S)
                 sentinels = [w.process.sentinel for w in everyone]
                 wake_r = self.wake_r
-            wait_s = max(0.0, min(deadlines) - time.monotonic())
-            ready = wait_for_sentinels([wake_r, *sentinels], wait_s)
+                self.reaper_wakes_at = min(deadlines)
+            wait_s = max(0.0, self.reaper_wakes_at - time.monotonic())
+            try:
+                ready = wait_for_sentinels([wake_r, *sentinels], wait_s)
+            except (OSError, ValueError):
+                # A worker adopted meanwhile may have died and had its sentinel
+                # closed by its new executor: look again at what is still here.
+                continue
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 4096):

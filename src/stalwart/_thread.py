@@ -346,8 +346,8 @@ class _Pool:
             if not succeeded:
                 self._on_initializer_failure(worker, state)
                 # The pool keeps the exception, whose traceback keeps this
-                # frame: no cycle back to the pool through `self`.
-                del self, state
+                # frame and its callers': none may hold the pool or the thread.
+                del self, worker, state
                 return False
         _state.set_thread_worker_state(state)
         return True
@@ -582,6 +582,7 @@ def _worker_thread(start: list[tuple[_Pool, _Worker]]) -> None:
     adopts it, ``worker_state()`` and all."""
     pool, worker = start.pop()
     if not pool.initialize(worker):
+        del pool, worker  # see initialize(): this frame outlives the thread
         return
     while True:
         parking = pool.serve(worker)
