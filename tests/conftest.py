@@ -37,19 +37,66 @@ def wait_until(
         time.sleep(0.01)
 
 
-@pytest.fixture(params=["process", "thread"])
+@pytest.fixture(params=["process", "thread", "dask"])
 def kind(request: pytest.FixtureRequest) -> str:
-    """Run the test once per executor kind: the swap must change nothing."""
+    """Run the test once per executor kind: the swap must change nothing.
+
+    A test that marks itself ``not_on_dask(reason)`` is skipped for dask, with
+    its reason: behaviour the dask executor does not define.
+    """
+    if request.param == "dask":
+        marker = request.node.get_closest_marker("not_on_dask")
+        if marker is not None:
+            pytest.skip(f"not defined on dask: {marker.args[0]}")
+        global _dask_client
+        _dask_client = request.getfixturevalue("dask_client")
     return str(request.param)
+
+
+_dask_client: Any = None
 
 
 def open_executor(kind: str, **kwargs: Any) -> Executor:
     """``stalwart.executor(kind)`` with two workers; threads check pickling too,
-    so that they refuse exactly what a process pool would."""
+    so that they refuse exactly what a process pool would. dask executors run
+    on the session's two-worker local cluster (see ``dask_client``)."""
     kwargs.setdefault("max_workers", 2)
     if kind == "thread":
         kwargs.setdefault("check_pickle", True)
+    if kind == "dask":
+        kwargs.pop("max_workers")  # the given cluster keeps its own size
+        kwargs.setdefault("client", _dask_client)
     return stalwart.executor(kind, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A real dask cluster for the session: two worker processes, one thread
+    each (started on first use, closed at the end). What it starts is the
+    session's, not a test's, for the leak check below."""
+    distributed = pytest.importorskip("distributed")
+    threads_before = set(threading.enumerate())
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    _session_helpers.update(t for t in threading.enumerate() if t not in threads_before)
+    _session_helper_pids.update(
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in children_before
+    )
+    yield client
+    client.close()
+    cluster.close()
+
+
+_session_helpers: set[threading.Thread] = set()
+_session_helper_pids: set[int] = set()
+
+PROCESS_WIDE_THREADS = ("Dask-Offload",)
+"""Threads that distributed starts once per process, on first use, by design."""
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +115,16 @@ def no_leaked_workers_or_threads() -> Iterator[None]:
     yield
 
     def leaked_children() -> list[psutil.Process]:
-        return worker_processes(exclude=children_before)
+        return worker_processes(exclude=children_before | _session_helper_pids)
 
     def leaked_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in threads_before]
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before
+            and t not in _session_helpers
+            and not t.name.startswith(PROCESS_WIDE_THREADS)
+        ]
 
     try:
         wait_until(lambda: not leaked_children(), "worker processes to exit", 10)

@@ -35,6 +35,9 @@ def test_the_initializer_runs_once_per_worker_and_its_state_stays_there(
     assert len(tasks.ran(log)) == len(per_worker)
 
 
+@pytest.mark.not_on_dask(
+    "dask starts and recycles its workers; max_tasks_per_child has no effect"
+)
 def test_max_tasks_per_child_replaces_the_worker_and_reruns_the_initializer(
     kind: str, tmp_path: Path
 ) -> None:

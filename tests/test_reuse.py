@@ -25,7 +25,12 @@ from tests.conftest import open_executor, wait_until
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.not_on_dask(
+        "reuse parks process and thread workers; on dask it has no effect"
+    ),
+]
 
 IDLE_S = 1.0
 """Parked workers' idle_timeout in these tests: long enough to be adopted by the

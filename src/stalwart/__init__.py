@@ -29,6 +29,7 @@ from concurrent.futures import (
     wait,
 )
 
+from stalwart._dask import DaskExecutor
 from stalwart._kind import executor
 from stalwart._process import ProcessPoolExecutor
 from stalwart._progress import as_completed
@@ -53,6 +54,7 @@ __all__ = [
     "FIRST_EXCEPTION",
     "BrokenExecutor",
     "CancelledError",
+    "DaskExecutor",
     "Executor",
     "Future",
     "InitializerError",

@@ -14,11 +14,11 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
 ENV_VAR = "STALWART_EXECUTOR"
-KINDS = ("process", "thread")
+KINDS = ("process", "thread", "dask")
 
 
 def executor(kind: str = "process", **kwargs: Any) -> Executor:
-    """A new executor of ``kind``: ``"process"`` or ``"thread"`` (``"dask"`` later).
+    """A new executor of ``kind``: ``"process"``, ``"thread"`` or ``"dask"``.
 
     ``kwargs`` go to the executor's constructor unchanged; both take the same
     keywords (``max_workers``, ``initializer``, ``task_timeout``, ...). When the
@@ -45,11 +45,10 @@ def executor(kind: str = "process", **kwargs: Any) -> Executor:
 
         return ThreadPoolExecutor(**kwargs)
     if chosen == "dask":
-        raise ValueError(
-            f"{source} asks for the dask executor, which this version of stalwart "
-            'does not have yet; use "process" or "thread".'
-        )
+        from stalwart._dask import DaskExecutor
+
+        return DaskExecutor(**kwargs)
     raise ValueError(
-        f"{source} names no executor kind; use one of "
-        f"{' or '.join(repr(k) for k in KINDS)}."
+        f"{source} names no executor kind; use "
+        f"{', '.join(repr(k) for k in KINDS[:-1])} or {KINDS[-1]!r}."
     )

@@ -773,12 +773,7 @@ class _Dispatcher:
         task.future.set_result(value)
 
     def _fail(self, task: _Task, error: BaseException) -> None:
-        stats = self.stats
-        stats.tasks_failed += 1
-        if isinstance(error, WorkerCrashedError):
-            stats.tasks_crashed += 1
-        elif isinstance(error, TaskTimeoutError):
-            stats.tasks_timed_out += 1
+        self.stats.count_failure(error)
         task.future.set_exception(error)
 
     def _claim(self, task: _Task) -> bool:

@@ -6,8 +6,12 @@ tasks read it back with ``stalwart.worker_state()``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _NOT_A_WORKER = object()
 _process_state: Any = _NOT_A_WORKER
@@ -23,6 +27,18 @@ def set_process_worker_state(state: Any) -> None:
 def set_thread_worker_state(state: Any) -> None:
     """Record the initializer's result for tasks run on the current worker thread."""
     _thread_state.value = state
+
+
+@contextlib.contextmanager
+def thread_worker_state(state: Any) -> Iterator[None]:
+    """``worker_state()`` is ``state`` on this thread for the duration: for
+    threads that run tasks of several executors in turn (a dask worker's)."""
+    previous = getattr(_thread_state, "value", _NOT_A_WORKER)
+    _thread_state.value = state
+    try:
+        yield
+    finally:
+        _thread_state.value = previous
 
 
 def worker_state() -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from stalwart.errors import TaskTimeoutError, WorkerCrashedError
+
 
 @dataclass
 class ExecutorStats:
@@ -53,6 +55,14 @@ class ExecutorStats:
     workers_replaced: int = 0
     workers_recycled: int = 0
     workers_parked: int = 0
+
+    def count_failure(self, error: BaseException) -> None:
+        """A task's future got ``error``: count it, by kind."""
+        self.tasks_failed += 1
+        if isinstance(error, WorkerCrashedError):
+            self.tasks_crashed += 1
+        elif isinstance(error, TaskTimeoutError):
+            self.tasks_timed_out += 1
 
     def snapshot(self) -> ExecutorStats:
         """A copy, so the caller's view does not change under them."""

@@ -151,15 +151,19 @@ def _serve(conn: Connection, config: WorkerConfig) -> None:
             return
         conn.send_bytes(_RECEIVED_FRAME)
         for task_id, call in _wire.decode_batch(frame):
-            conn.send_bytes(_run_call(task_id, call, config.by_value))
+            conn.send_bytes(run_call(task_id, call, config.by_value))
             if tasks_left is not None:
                 tasks_left -= 1
         if tasks_left is not None and tasks_left <= 0:
             return  # recycled: the parent sends no more than max_tasks
 
 
-def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
-    """Run one call and return the reply frame; never raises for a task's failure."""
+def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
+    """Run one call and return the reply frame; never raises for a task's failure.
+
+    Also what a DaskExecutor's task runs on a dask worker (``_dask_worker``), so
+    results and errors cross back the same way on every executor kind.
+    """
     started = time.perf_counter()
     try:
         fn, args, kwargs = _pickling.loads(call)
@@ -172,11 +176,11 @@ def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
             "interpreter; the worker's traceback is attached."
         )
         error.__cause__ = exc
-        return _error_reply(task_id, error, time.perf_counter() - started)
+        return error_reply(task_id, error, time.perf_counter() - started)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
-        return _error_reply(task_id, exc, time.perf_counter() - started)
+        return error_reply(task_id, exc, time.perf_counter() - started)
     if not by_value:
         try:
             return pickle.dumps(
@@ -187,12 +191,14 @@ def _run_call(task_id: int, call: memoryview, by_value: bool) -> bytes:
     try:
         data = _pickling.serialize_result(value, task=_task_name(fn), by_value=by_value)
     except BaseException as exc:  # noqa: BLE001 - PicklingError, or what __reduce__ raised
-        return _error_reply(task_id, exc, time.perf_counter() - started)
+        return error_reply(task_id, exc, time.perf_counter() - started)
     busy_s = time.perf_counter() - started
     return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)
 
 
-def _error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
+def error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
+    """The ERROR reply for ``exc``; a ``RemoteError`` stands in for an exception
+    that cannot make the trip (it fails to pickle, or to unpickle)."""
     remote_traceback = _format_traceback(exc)
     try:
         reply = pickle.dumps(
