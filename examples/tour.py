@@ -28,6 +28,7 @@ from tour_tasks import (
     slow_square,
     take_seconds,
     tiny,
+    where_am_i,
 )
 
 import stalwart
@@ -215,6 +216,37 @@ def warm_workers() -> None:
     )
 
 
+def on_a_cluster() -> None:
+    section("10. From a laptop to a cluster: the same code on dask")
+    try:
+        import distributed  # noqa: F401 - only to see whether the extra is there
+    except ImportError:
+        print("dask is not installed here: pip install 'stalwart[dask]' to see this")
+        return
+    started = time.perf_counter()
+    # No address: a local dask cluster of 2 worker processes, started and closed
+    # by the executor. DaskExecutor("tcp://host:8786") reaches a running one.
+    with stalwart.executor(
+        "dask", max_workers=2, initializer=load_model, initargs=("sentiment-v2",)
+    ) as ex:
+        ready = time.perf_counter() - started
+        rows = list(ex.map(where_am_i, range(8), chunksize="auto"))
+        pids = sorted({pid for _, _, pid in rows})
+        print(
+            f"  a local dask cluster started in {ready:.1f} s; 8 items ran on dask "
+            f"workers {pids}, each with its own model: {rows[0][1]!r}"
+        )
+        try:
+            ex.submit(int, "not a number").result()
+        except ValueError as error:
+            print(f"  a task's exception comes back as itself: ValueError: {error}")
+        try:
+            ex.submit(run_model, Validator(Model()))
+        except stalwart.PicklingError as error:
+            print(f"  and submit() refuses an RLock the same way: {error.path}")
+    print("  shutdown() closed the cluster it started; a cluster you give it is yours")
+
+
 def main() -> None:
     print(
         f"stalwart tour on Python {sys.version.split()[0]}, pid {os.getpid()}, "
@@ -229,6 +261,7 @@ def main() -> None:
     change_one_word()
     map_superpowers()
     warm_workers()
+    on_a_cluster()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")
 
 

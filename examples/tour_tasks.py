@@ -81,3 +81,9 @@ def crunch(n: int) -> int:
 def take_seconds(seconds: float) -> float:
     time.sleep(seconds)  # stands for work of uneven size
     return seconds
+
+
+def where_am_i(x: int) -> tuple[int, str, int]:
+    """Which process ran this, and what its worker state (the model) says."""
+    model: Model = stalwart.worker_state()
+    return x, model.classify("good"), os.getpid()
