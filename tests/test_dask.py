@@ -50,9 +50,11 @@ def test_without_address_it_starts_a_local_cluster_and_closes_it() -> None:
         ex.submit(tasks.square, 1)
 
 
-def test_a_given_client_is_used_and_left_open(dask_client: Any) -> None:
+def test_a_given_client_is_used_and_left_open(dask_client: Any, tmp_path: Path) -> None:
     with stalwart.DaskExecutor(
-        client=dask_client, initializer=tasks.init_counter, initargs=("unused",)
+        client=dask_client,
+        initializer=tasks.init_counter,
+        initargs=(str(tmp_path / "i"),),
     ) as ex:
         assert ex.client is dask_client
         assert ex.submit(tasks.square, 4).result(TIMEOUT) == 16
