@@ -221,3 +221,46 @@ def emit(
         }
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2)
+
+
+HELPER_MARKERS = ("resource_tracker", "forkserver")
+"""Command-line marks of the start methods' helper processes, which stay for the
+life of the program by design and so are no leak."""
+
+
+class ChildWatch:
+    """Checks that a contender left no process behind once its run ended.
+
+    Only the start methods' helpers (resource trackers, a forkserver) may stay:
+    they are started on first use and live as long as the program.
+    """
+
+    def __init__(self) -> None:
+        self.allowed = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def check(self, after: str) -> None:
+        leaked: list[tuple[psutil.Process, str]] = []
+        for child in psutil.Process().children(recursive=True):
+            if child.pid in self.allowed:
+                continue
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue  # it has exited; only its exit status is left to reap
+                cmdline = " ".join(child.cmdline())
+            except psutil.Error:
+                continue  # it exited while we looked
+            if any(marker in cmdline for marker in HELPER_MARKERS):
+                self.allowed.add(child.pid)
+                continue
+            leaked.append((child, cmdline))
+        if not leaked:
+            return
+        for child, _ in leaked:  # so that they cannot outlive the benchmark
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        details = "; ".join(f"pid {child.pid}: {cmd}" for child, cmd in leaked)
+        raise RuntimeError(
+            f"{len(leaked)} child process(es) still running after {after} had shut "
+            f"down and killed its workers ({details}); killed them. A contender "
+            "that leaves workers behind would slow down the ones measured after it."
+        )

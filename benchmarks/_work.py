@@ -72,3 +72,13 @@ def load_model(seconds: float) -> dict[str, float]:
     worker and returns something small (what ``stalwart.worker_state()`` gives)."""
     time.sleep(seconds)
     return {"loaded_in_s": seconds}
+
+
+def burn_cpu(seconds: float) -> float:
+    """A CPU-bound task of known length: spin until this thread has used
+    ``seconds`` of CPU time. CPU time, not wall time: on a CPU shared with other
+    processes (a scheduler, a client) it takes longer, as real work would."""
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        pass
+    return seconds

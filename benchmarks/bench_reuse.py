@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 import _common
 import _work
 import loky
-import psutil
 
 import stalwart
 
@@ -67,10 +66,6 @@ WARM_BLOCK_BAR_S = 0.1
 """Ours: with the 0.5 s initializer, a reuse=True block after warm-up < 0.1 s,
 i.e. the initializer is paid once, not per block."""
 RESULT_TIMEOUT_S = 60.0
-HELPER_MARKERS = ("resource_tracker", "forkserver")
-"""Command-line marks of the start methods' helper processes, which stay for the
-life of the program by design and so are no leak."""
-
 CONTENDERS = ("stalwart_reuse", "stdlib", "loky", "stalwart")
 REUSING = frozenset({"stalwart_reuse", "loky"})
 """The contenders that keep workers between blocks: warmed before the clock."""
@@ -179,45 +174,7 @@ def kill_kept_workers(contender: str, options: dict[str, Any]) -> None:
         )
 
 
-class ChildWatch:
-    """Checks that a contender left no process behind once its run ended.
-
-    Only the start methods' helpers (resource trackers, a forkserver) may stay:
-    they are started on first use and live as long as the program.
-    """
-
-    def __init__(self) -> None:
-        self.allowed = {p.pid for p in psutil.Process().children(recursive=True)}
-
-    def check(self, after: str) -> None:
-        leaked: list[tuple[psutil.Process, str]] = []
-        for child in psutil.Process().children(recursive=True):
-            if child.pid in self.allowed:
-                continue
-            try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    continue  # it has exited; only its exit status is left to reap
-                cmdline = " ".join(child.cmdline())
-            except psutil.Error:
-                continue  # it exited while we looked
-            if any(marker in cmdline for marker in HELPER_MARKERS):
-                self.allowed.add(child.pid)
-                continue
-            leaked.append((child, cmdline))
-        if not leaked:
-            return
-        for child, _ in leaked:  # so that they cannot outlive the benchmark
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        details = "; ".join(f"pid {child.pid}: {cmd}" for child, cmd in leaked)
-        raise RuntimeError(
-            f"{len(leaked)} child process(es) still running after {after} had shut "
-            f"down and killed its workers ({details}); killed them. A contender "
-            "that leaves workers behind would slow down the ones measured after it."
-        )
-
-
-def run_once(scenario: Scenario, contender: str, watch: ChildWatch) -> Run:
+def run_once(scenario: Scenario, contender: str, watch: _common.ChildWatch) -> Run:
     """Time ``scenario.blocks(contender)`` consecutive blocks of ``contender``."""
     options = scenario.options()
     blocks = scenario.blocks(contender)
@@ -278,7 +235,7 @@ def evidence(contender: str, runs: list[Run]) -> str:
 def main() -> None:
     args = _common.parse_args(__doc__)
     plan = scenarios(args.quick)
-    watch = ChildWatch()
+    watch = _common.ChildWatch()
     runs: dict[tuple[str, str], list[Run]] = {
         (s.name, c): [] for s in plan for c in CONTENDERS
     }
