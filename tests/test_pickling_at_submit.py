@@ -76,3 +76,25 @@ def test_a_result_that_needs_cloudpickle_arrives() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
         increment = ex.submit(_tasks.return_lambda).result(timeout=TIMEOUT)
     assert increment(1) == 2
+
+
+def test_with_many_large_calls_queued_the_check_still_happens_at_submit(
+    manager: Any,
+) -> None:
+    """Past a budget of queued pickled bytes, calls are checked in submit() but
+    pickled when sent (memory stays bounded): the contract must not change."""
+    started, gate = manager.Event(), manager.Event()
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
+        blocker = ex.submit(_tasks.block_until, started, gate, "blocker")
+        assert started.wait(TIMEOUT)  # nothing below starts before the gate opens
+        queued = [ex.submit(_tasks.echo, blob + bytes([i])) for i in range(100)]
+        with pytest.raises(stalwart.PicklingError) as info:
+            ex.submit(run_model, Validator(Model()))
+        assert info.value.path == "args[0].model._lock"
+        local = 7
+        closure = ex.submit(lambda: local * 6)  # the by-value path, checked too
+        gate.set()
+        assert blocker.result(TIMEOUT) == "blocker"
+        assert all(f.result(TIMEOUT) == blob + bytes([i]) for i, f in enumerate(queued))
+        assert closure.result(TIMEOUT) == 42

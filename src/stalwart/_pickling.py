@@ -207,6 +207,49 @@ def serialize_call(
         raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
 
 
+def check_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    action: str = "submit",
+    by_value: bool = False,
+) -> None:
+    """``serialize_call``'s check without its bytes: the same picklers write into
+    a sink that keeps nothing, so a large argument is not copied. Raises the
+    same PicklingError as ``serialize_call``."""
+    try:
+        _pickle_into(_Discard(), (fn, args, kwargs), by_value)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
+
+
+class _Discard:
+    """A file that drops what is written to it."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes | memoryview) -> int:
+        return len(data)
+
+
+def _pickle_into(file: Any, obj: object, by_value: bool) -> None:
+    """What ``dumps`` does, into ``file``."""
+    if not by_value and _is_main_importable():
+        try:
+            pickle.Pickler(file, _PROTOCOL).dump(obj)
+        except _PICKLING_FAILURES:
+            pass  # a lambda, closure or local class somewhere inside: go by value
+        else:
+            return
+    if by_value or not _is_main_importable():
+        cloudpickle.Pickler(file, protocol=_PROTOCOL).dump(obj)
+    else:
+        _MainByReferencePickler(file, protocol=_PROTOCOL).dump(obj)
+
+
 def serialize_result(value: object, *, task: str, by_value: bool = False) -> bytes:
     """Return ``dumps(value, by_value=by_value)`` for a task's result, in the worker.
 

@@ -4,6 +4,7 @@ Data flow::
 
     submit(fn, *args)                                       caller's thread
       | _pickling.serialize_call(): pickled once, here; PicklingError raised here
+      | (past QUEUED_CALL_BYTES queued: only checked here, pickled when sent)
       v
     _Task(id, future, call bytes) --> pending deque ---(wake-up pipe)---+
                                                                          |
@@ -114,6 +115,12 @@ _WorkerSlot.window): a pause often means different work comes next."""
 MAX_DEPTH = 256
 """Upper bound on tasks in flight per worker, whatever the measured task time."""
 
+QUEUED_CALL_BYTES = 64 << 20
+"""Pickled calls the pending queue keeps, in all. Once it holds this much, a
+call is still checked in submit() (pickled into a sink that keeps nothing, so
+the PicklingError comes from submit() as always) but pickled for real only when
+a worker has room: 2,000 queued 1 MiB arguments would otherwise hold 2 GB."""
+
 MAX_UNACKNOWLEDGED_BYTES = 32 << 20
 """Pickled calls sent to one worker and not yet read by it. Past this, large
 arguments wait in the pending queue rather than pile up in the pipes."""
@@ -139,6 +146,7 @@ class _Task:
         "claimed",
         "fn",
         "future",
+        "held",
         "id",
         "kwargs",
         "started",
@@ -149,7 +157,7 @@ class _Task:
         self,
         task_id: int,
         future: Future[Any],
-        call: bytes,
+        call: bytes | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -158,6 +166,7 @@ class _Task:
         self.id = task_id
         self.future = future
         self.call: bytes | None = call  # dropped once a worker has read it
+        self.held = 0  # bytes of `call` counted against QUEUED_CALL_BYTES
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -312,6 +321,10 @@ class _Dispatcher:
         self.deaths_to_replace = 0  # workers that died and were not replaced yet
 
         self.pending: collections.deque[_Task] = collections.deque()
+        # Bytes of pickled calls held by pending tasks: added by submit() under
+        # the lock, released by the I/O thread; one writer each, no lost update.
+        self.call_bytes_added = 0
+        self.call_bytes_released = 0
         self.slots: list[_WorkerSlot] = []
         self._slot_by_fd: dict[int, _WorkerSlot] = {}  # pipe fd and sentinel -> slot
         self.workers_wanted = 0  # grows on demand up to max_workers; deaths replaced
@@ -504,7 +517,7 @@ class _Dispatcher:
         if any(slot.in_flight for slot in self.slots):
             return False
         while self.pending and self.pending[0].future.cancelled():
-            self._claim(self.pending.popleft())
+            self._claim(self._unqueue(self.pending.popleft()))
         return not self.pending
 
     def _on_wake(self, key: selectors.SelectorKey, mask: int) -> None:
@@ -592,12 +605,22 @@ class _Dispatcher:
                 if not pending:
                     return
 
+    def queued_call_bytes(self) -> int:
+        """Bytes of pickled calls held by the pending queue (a moment ago)."""
+        return self.call_bytes_added - self.call_bytes_released
+
+    def _unqueue(self, task: _Task) -> _Task:
+        """``task`` leaves the pending queue: its held bytes no longer count."""
+        self.call_bytes_released += task.held
+        task.held = 0
+        return task
+
     def _fill(self, slot: _WorkerSlot, room: int) -> None:
         """Send `slot` up to `room` tasks from the front of the pending queue."""
         pending = self.pending
         batch: list[_Task] = []
         while room and pending:
-            task = pending.popleft()
+            task = self._unqueue(pending.popleft())
             if not self._claim(task):
                 continue  # cancelled while queued
             if task.call is None and not self._serialize_again(task):
@@ -976,7 +999,7 @@ class _Dispatcher:
         with self.lock:
             self.broken = error
             self.shutdown_requested = True
-            tasks = list(self.pending)
+            tasks = [self._unqueue(task) for task in self.pending]
             self.pending.clear()
         for slot in self.slots:
             tasks.extend(slot.in_flight)
@@ -1001,7 +1024,7 @@ class _Dispatcher:
                 )
             slot.in_flight.clear()
         while self.pending:
-            task = self.pending.popleft()
+            task = self._unqueue(self.pending.popleft())
             task.future.cancel()  # False if it was running: a re-queued task
             if self._claim(task):
                 self._fail(task, CancelledError(f"interrupted ({reason})"))
@@ -1303,10 +1326,16 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         action: str,
         task_timeout: float | None,
     ) -> Future[R]:
-        call = _pickling.serialize_call(
-            fn, args, kwargs, action=action, by_value=self._by_value
-        )
         dispatcher = self._dispatcher
+        call: bytes | None = None
+        if dispatcher.queued_call_bytes() < QUEUED_CALL_BYTES:
+            call = _pickling.serialize_call(
+                fn, args, kwargs, action=action, by_value=self._by_value
+            )
+        else:  # the queue holds enough bytes: check now, pickle when it is sent
+            _pickling.check_call(
+                fn, args, kwargs, action=action, by_value=self._by_value
+            )
         with dispatcher.lock:
             if dispatcher.broken is not None:
                 raise type(dispatcher.broken)(*dispatcher.broken.args)
@@ -1320,6 +1349,9 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             task = _Task(
                 next(dispatcher.ids), future, call, fn, args, kwargs, task_timeout
             )
+            if call is not None:
+                task.held = len(call)
+                dispatcher.call_bytes_added += task.held
             dispatcher.enqueue(task)
         return future
 
