@@ -45,7 +45,7 @@ import time
 import uuid
 import weakref
 from concurrent.futures import CancelledError, Executor, Future
-from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart import _map, _options, _pickling, _wire
@@ -133,9 +133,7 @@ class _DaskTask:
         return self.started
 
     def describe(self) -> str:
-        return _map.describe_chunk(self.fn, self.args) or _pickling.describe_task(
-            self.fn, self.args, self.kwargs
-        )
+        return _map.describe(self.fn, self.args, self.kwargs)
 
 
 class _Session:
@@ -305,23 +303,15 @@ class _Session:
                 task,
                 CancelledError(
                     f"dask cancelled {task.describe()} without being asked to by "
-                    "this executor: its client closed, or the cluster restarted."
+                    "this executor: its client closed, or the cluster restarted. "
+                    "Submit it again to an executor whose cluster is running."
                 ),
             )
 
     def _settle_reply(self, task: _DaskTask, reply_bytes: bytes) -> None:
         """The reply ``_worker.run_call`` made on the dask worker."""
         try:
-            reply = pickle.loads(reply_bytes)
-            kind = reply[0]
-            if kind == _wire.RESULT_BYTES:
-                self._succeed(task, _pickling.loads(reply[2]))
-            elif kind == _wire.RESULT:
-                self._succeed(task, reply[2])
-            else:
-                error: BaseException = reply[2]
-                error.__cause__ = _RemoteTraceback(reply[3])
-                self._fail(task, error)
+            succeeded, value = _wire.outcome(pickle.loads(reply_bytes))
         except BaseException as exc:  # noqa: BLE001 - fails that task only
             unreadable = BrokenProcessPool(
                 f"the result of {task.describe()} came back from dask but could not "
@@ -330,6 +320,11 @@ class _Session:
             )
             unreadable.__cause__ = exc
             self._fail(task, unreadable)
+            return
+        if succeeded:
+            self._succeed(task, value)
+        else:
+            self._fail(task, value)
 
     def _on_killed_worker(self, task: _DaskTask, error: BaseException) -> None:
         task.attempts += 1
@@ -533,7 +528,7 @@ def _kill_local_worker_tree(pid: int) -> bool:
 
 def _key_prefix(task: _DaskTask) -> str:
     """The dask key's prefix, what the dashboard groups by: the function's name."""
-    fn = task.args[0] if _map.describe_chunk(task.fn, task.args) else task.fn
+    fn = task.args[0] if task.fn is _map.run_chunk else task.fn
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "task"
 
@@ -723,7 +718,8 @@ class DaskExecutor(_map.MapMixin, Executor):
         session = self._session
         state = "shut down" if session.shutdown_requested else "running"
         where = "a local cluster" if session.cluster is not None else "a given cluster"
-        return f"<stalwart.DaskExecutor on {where} {session.client.scheduler.address} {state}>"
+        address = getattr(getattr(session.client, "scheduler", None), "address", "?")
+        return f"<stalwart.DaskExecutor on {where} {address} {state}>"
 
 
 # -- interpreter exit -----------------------------------------------------------

@@ -14,12 +14,10 @@ lazily, dask workers by reference when they unpickle the task or the plugin).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import threading
 import time
-import traceback
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +60,7 @@ class ExecutorPlugin(WorkerPlugin):
     the first task the worker runs for it, dropped when the executor shuts
     down and unregisters the plugin) and watches the clock of its running tasks:
     a task past its ``task_timeout`` is reported on ``topic``, for the
-    executor to fail it and restart this worker.
+    executor to fail it (and, on its own cluster, kill this worker).
     """
 
     def __init__(self, initializer_call: bytes | None, topic: str) -> None:
@@ -117,14 +115,8 @@ class ExecutorPlugin(WorkerPlugin):
         try:
             initializer, initargs, _ = _pickling.loads(self.initializer_call)
             self._state = initializer(*initargs)
-        except BaseException as exc:
-            logging.getLogger("concurrent.futures").critical(
-                "Exception in initializer:", exc_info=True
-            )
-            text = "".join(
-                traceback.format_exception(type(exc), exc, exc.__traceback__)
-            )
-            self._failure = (f"{type(exc).__qualname__}: {exc}", f'\n"""\n{text}"""')
+        except BaseException as exc:  # noqa: BLE001 - logged, and sent to every task
+            self._failure = _worker.initializer_failure(exc)
 
     # -- task timeouts ---------------------------------------------------------------
 

@@ -183,6 +183,12 @@ def run_chunk(
     return time.perf_counter() - started, results
 
 
+def describe(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A short, never-raising description of a task, as every executor names it
+    in its errors: ``crash('segv')``, or ``a map chunk of 12 calls to f(...)``."""
+    return describe_chunk(fn, args) or _pickling.describe_task(fn, args, kwargs)
+
+
 def describe_chunk(fn: object, args: tuple[Any, ...]) -> str | None:
     """``a map chunk of 12 calls to f(...)`` for a ``run_chunk`` task, else None."""
     if fn is not run_chunk or len(args) != 2:

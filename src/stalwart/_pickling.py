@@ -146,12 +146,18 @@ def _is_main_importable() -> bool:
 
 def _dumps_by_value(obj: object, main_by_value: bool) -> bytes:
     """cloudpickle, except that an importable ``__main__`` is still used by reference."""
-    if main_by_value or not _is_main_importable():
-        data: bytes = cloudpickle.dumps(obj, protocol=_PROTOCOL)
-        return data
     with io.BytesIO() as buffer:
-        _MainByReferencePickler(buffer, protocol=_PROTOCOL).dump(obj)
+        _by_value_pickler(buffer, main_by_value).dump(obj)
         return buffer.getvalue()
+
+
+def _by_value_pickler(file: Any, main_by_value: bool) -> pickle.Pickler:
+    """cloudpickle's pickler into ``file``, keeping an importable ``__main__``
+    by reference unless ``main_by_value``."""
+    if main_by_value or not _is_main_importable():
+        pickler: pickle.Pickler = cloudpickle.Pickler(file, protocol=_PROTOCOL)
+        return pickler
+    return _MainByReferencePickler(file, protocol=_PROTOCOL)
 
 
 def _is_importable_main_attribute(obj: object) -> bool:
@@ -244,10 +250,7 @@ def _pickle_into(file: Any, obj: object, by_value: bool) -> None:
             pass  # a lambda, closure or local class somewhere inside: go by value
         else:
             return
-    if by_value or not _is_main_importable():
-        cloudpickle.Pickler(file, protocol=_PROTOCOL).dump(obj)
-    else:
-        _MainByReferencePickler(file, protocol=_PROTOCOL).dump(obj)
+    _by_value_pickler(file, by_value).dump(obj)
 
 
 def serialize_result(value: object, *, task: str, by_value: bool = False) -> bytes:

@@ -132,6 +132,7 @@ _LIVENESS_CHECK_S = 1.0
 """When the I/O thread has had nothing to do for this long, it asks the OS
 (waitpid) whether any worker died unnoticed (see _reap_silent_deaths)."""
 
+_TASK_REPLIES = frozenset({_wire.RESULT, _wire.RESULT_BYTES, _wire.ERROR})
 _READ_SIZE = 1 << 20
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 
@@ -176,7 +177,7 @@ class _Task:
         self.timeout = timeout  # task_timeout, in seconds of running in a worker
 
     def describe(self) -> str:
-        return describe_call(self.fn, self.args, self.kwargs)
+        return _map.describe(self.fn, self.args, self.kwargs)
 
     def claim(self) -> bool:
         """Move the future to RUNNING; False if it was cancelled. Idempotent.
@@ -720,22 +721,17 @@ class _Dispatcher:
 
     def _on_reply(self, slot: _WorkerSlot, reply: tuple[Any, ...]) -> None:
         kind = reply[0]
-        if kind == _wire.RESULT:
-            task = self._answered(slot, reply[1], reply[3])
-            self._succeed(task, reply[2])
-        elif kind == _wire.ERROR:
-            task = self._answered(slot, reply[1], reply[4])
-            exc: BaseException = reply[2]
-            exc.__cause__ = _RemoteTraceback(reply[3])
-            self._fail(task, exc)
-        elif kind == _wire.RESULT_BYTES:
-            task = self._answered(slot, reply[1], reply[3])
+        if kind in _TASK_REPLIES:
+            task = self._answered(slot, reply[1], reply[-1])  # busy_s comes last
             try:
-                value = _pickling.loads(reply[2])
+                succeeded, value = _wire.outcome(reply)
             except BaseException as exc:  # noqa: BLE001 - fails that task only
                 self._fail_unreadable_result(slot, task, exc)
             else:
-                self._succeed(task, value)
+                if succeeded:
+                    self._succeed(task, value)
+                else:
+                    self._fail(task, value)
         elif kind == _wire.RECEIVED:
             # The worker holds these calls now: drop our copies, so the parent
             # does not keep every large argument until its result comes back.
@@ -893,12 +889,16 @@ class _Dispatcher:
         slot.in_flight.clear()
 
     def _forget_slot(self, slot: _WorkerSlot) -> None:
+        self._unwatch(slot)
+        self.slots.remove(slot)
+        slot.conn.close()
+
+    def _unwatch(self, slot: _WorkerSlot) -> None:
+        """Stop watching a worker's pipe and sentinel."""
         for fd in (slot.fd, slot.sentinel):
             if self.selector.get_map().get(fd) is not None:
                 self.selector.unregister(fd)
             self._slot_by_fd.pop(fd, None)
-        self.slots.remove(slot)
-        slot.conn.close()
 
     def _on_crash(self, slot: _WorkerSlot, exitcode: int | None) -> None:
         crashed = slot.in_flight.popleft()
@@ -1047,10 +1047,7 @@ class _Dispatcher:
         """Hand one idle worker to the warm set; False if it must stop instead."""
         if _interpreter_exiting:
             return False
-        for fd in (slot.fd, slot.sentinel):
-            if self.selector.get_map().get(fd) is not None:
-                self.selector.unregister(fd)
-            self._slot_by_fd.pop(fd, None)
+        self._unwatch(slot)
         parked = _reuse.ParkedProcess(
             slot.process,
             slot.conn,
@@ -1435,23 +1432,18 @@ def _reuse_policy(
     """Park under everything that shapes a worker process, so that an executor
     only ever adopts workers identical to those it would have started."""
     inherited = config.inherited_initializer
+    keepalive = (inherited[0], *inherited[1]) if inherited else ()
     key = (
         "process",
         context.get_start_method(),
         config.initializer_call,
-        _reuse.identity_key(inherited[:1] + tuple(inherited[1]) if inherited else ()),
+        _reuse.identity_key(keepalive),
         config.max_tasks,
         config.by_value,
         config.main_path,
         _reuse.environment_fingerprint(),
     )
-    keepalive = (inherited[0], *inherited[1]) if inherited else ()
     return _reuse.ReusePolicy(key, idle_timeout, keepalive)
-
-
-def describe_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """A short, never-raising description of a task, e.g. ``crash('segv')``."""
-    return _map.describe_chunk(fn, args) or _pickling.describe_task(fn, args, kwargs)
 
 
 def _exit_description(exitcode: int | None) -> str:

@@ -101,9 +101,7 @@ class _WorkItem:
         self.timeout = timeout  # task_timeout, in seconds of running
 
     def describe(self) -> str:
-        return _map.describe_chunk(self.fn, self.args) or _pickling.describe_task(
-            self.fn, self.args, self.kwargs
-        )
+        return _map.describe(self.fn, self.args, self.kwargs)
 
 
 class _Worker:
@@ -493,15 +491,15 @@ class _Pool:
         with self.lock:
             items, self.doomed = self.doomed, []
             breakage = self.broken
-        for item in items:
-            if item.future.set_running_or_notify_cancel():
-                assert breakage is not None
-                with self.lock:
-                    self.stats.tasks_failed += 1
-                item.future.set_exception(breakage.error())
-            else:
-                with self.lock:
-                    self.stats.tasks_cancelled += 1
+        # One lock round for the counts; the futures resolve outside it (their
+        # callbacks run user code, which may submit).
+        failing = [item for item in items if item.future.set_running_or_notify_cancel()]
+        with self.lock:
+            self.stats.tasks_failed += len(failing)
+            self.stats.tasks_cancelled += len(items) - len(failing)
+        for item in failing:
+            assert breakage is not None
+            item.future.set_exception(breakage.error())
 
     # -- task timeouts --------------------------------------------------------------
 

@@ -22,7 +22,10 @@ worker that dies before acknowledging a batch never started any of its tasks.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from concurrent.futures.process import _RemoteTraceback
+from typing import TYPE_CHECKING, Any
+
+from stalwart import _pickling
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,6 +74,23 @@ def decode_batch(payload: bytes) -> Iterator[tuple[int, memoryview]]:
         size = entries[2 * i + 1]
         yield entries[2 * i], view[offset : offset + size]
         offset += size
+
+
+def outcome(reply: tuple[Any, ...]) -> tuple[bool, Any]:
+    """A RESULT, RESULT_BYTES or ERROR reply as ``(True, value)`` or
+    ``(False, exception)``, the worker's traceback attached as the cause.
+
+    Raises what unpickling a RESULT_BYTES value raised (a class this process
+    cannot import): the caller fails that task only.
+    """
+    kind = reply[0]
+    if kind == RESULT:
+        return True, reply[2]
+    if kind == RESULT_BYTES:
+        return True, _pickling.loads(reply[2])
+    error: BaseException = reply[2]
+    error.__cause__ = _RemoteTraceback(reply[3])
+    return False, error
 
 
 class FrameReader:

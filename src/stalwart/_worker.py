@@ -126,18 +126,24 @@ def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
             else:
                 initializer, initargs = config.inherited_initializer
             state = initializer(*initargs)
-        except BaseException as exc:
-            # The stdlib logs here too; code that watches 'concurrent.futures'
-            # for initializer failures keeps working.
-            logging.getLogger("concurrent.futures").critical(
-                "Exception in initializer:", exc_info=True
-            )
-            summary = f"{type(exc).__qualname__}: {exc}"
-            reply = (_wire.INIT_FAILED, summary, _format_traceback(exc))
+        except BaseException as exc:  # noqa: BLE001 - logged, and sent to the parent
+            reply = (_wire.INIT_FAILED, *initializer_failure(exc))
             conn.send_bytes(pickle.dumps(reply, _HIGHEST))
             return False
     _state.set_process_worker_state(state)
     return True
+
+
+def initializer_failure(exc: BaseException) -> tuple[str, str]:
+    """Log an initializer's exception, then return (its summary, its traceback).
+
+    The stdlib logs here too: code that watches the 'concurrent.futures' logger
+    for initializer failures keeps working.
+    """
+    logging.getLogger("concurrent.futures").critical(
+        "Exception in initializer:", exc_info=exc
+    )
+    return f"{type(exc).__qualname__}: {exc}", _format_traceback(exc)
 
 
 def _serve(conn: Connection, config: WorkerConfig) -> None:
