@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from stalwart._process import PoolSettings, ProcessPoolExecutor
+from stalwart._process import ProcessPoolExecutor
+from stalwart._settings import PoolSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
