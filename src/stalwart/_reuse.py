@@ -94,12 +94,14 @@ class ParkedProcess:
     process: BaseProcess
     conn: Connection  # the parent's end; non-blocking
     tasks_left: int | None  # max_tasks_per_child budget left; None: unlimited
+    claims: Any  # its _claims.ClaimTable, shared with it
     keepalive: tuple[Any, ...] = ()  # objects whose ids are part of its key
     # What its last executor had learnt, so the next one need not start over:
     # its dispatch window, when it went idle, and the measured task time.
     window: int = 1
     idle_since: float = 0.0
     avg_busy_s: float | None = None
+    next_seq: int = 1  # the sequence number its next call gets (see _claims)
     expires_at: float = 0.0  # monotonic
     stop_deadline: float = math.inf  # set once STOP was sent
 
@@ -272,6 +274,7 @@ def _release(worker: ParkedProcess) -> None:
     worker.process.join()
     if not worker.conn.closed:
         worker.conn.close()
+    worker.claims.close()
 
 
 # -- thread workers -----------------------------------------------------------------

@@ -32,6 +32,8 @@ class ExecutorStats:
             while running them, more often than ``retries`` allows.
         tasks_retried: times a task was run again because its worker died.
         tasks_timed_out: tasks failed with ``TaskTimeoutError``.
+        tasks_rebalanced: tasks taken back, not yet started, from a busy
+            worker's backlog so that an idle worker could run them.
         workers_started: workers this executor started itself (replacements and
             recycled ones included), not counting adopted ones.
         workers_reused: warm workers adopted from an earlier ``reuse=True``
@@ -50,6 +52,7 @@ class ExecutorStats:
     tasks_crashed: int = 0
     tasks_retried: int = 0
     tasks_timed_out: int = 0
+    tasks_rebalanced: int = 0
     workers_started: int = 0
     workers_reused: int = 0
     workers_replaced: int = 0

@@ -2,17 +2,20 @@
 
     start: ignore SIGINT (the parent decides), watch the parent, run the
            initializer once, keep its result for worker_state(), send READY
-    loop:  receive a batch of calls -> for each, in order: unpickle, run,
-           pickle the outcome, send it at once -> until None, EOF, or
-           max_tasks_per_child tasks are done
+    loop:  receive a batch of calls, acknowledge it -> for each, in order:
+           claim it (skip it if the parent took it back), unpickle, run,
+           pickle the outcome, send it at once -> until STOP, EOF, or
+           max_tasks_per_child tasks are done; a RESET batch restores the
+           environment before the worker is parked
 
-Each batch is acknowledged on arrival and each reply is sent before the next
-call starts, so when the worker dies the parent knows exactly which task it was
-running (the oldest one not answered), or that it was running none.
+Each call is claimed in the shared claim table (``_claims``) before it starts
+and each reply is sent before the next call starts, so when the worker dies the
+parent knows exactly which task it was running, or that it was running none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import multiprocessing.process
@@ -34,13 +37,14 @@ from stalwart.errors import RemoteError
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from stalwart._claims import ClaimTable
+
 PARENT_POLL_INTERVAL_S = 0.25
 """How often a worker checks that its parent is alive. A dead parent must not
 leave orphans running (contract 9: exit within ~2 s), and a getppid() call four
 times a second costs nothing measurable."""
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
-_RECEIVED_FRAME = pickle.dumps((_wire.RECEIVED,), _HIGHEST)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class WorkerConfig:
     # process inheritance can carry (multiprocessing queues, locks, events):
     # the start method's own pickler sends them; () otherwise.
     inherited_initializer: tuple[Any, ...] = ()
+    # This worker's claim table (``_claims``), shared with the parent: the
+    # parent sets it per worker, just before starting the process.
+    claims: ClaimTable | None = None
 
 
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
@@ -68,7 +75,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     if not _run_initializer(conn, config):
         return
     conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
-    _serve(conn, config)
+    _serve(conn, config, _Environment())
 
 
 def _enable_faulthandler() -> None:
@@ -146,7 +153,30 @@ def initializer_failure(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__qualname__}: {exc}", _format_traceback(exc)
 
 
-def _serve(conn: Connection, config: WorkerConfig) -> None:
+class _Environment:
+    """What a task may change that the next executor would notice: the working
+    directory, the environment variables and ``sys.path``, as they were once the
+    initializer had run. Restored when the worker is parked (RESET), so that a
+    warm worker is adopted exactly as it would have started."""
+
+    def __init__(self) -> None:
+        self.cwd = os.getcwd()
+        self.environ = dict(os.environ)
+        self.path = list(sys.path)
+
+    def restore(self) -> None:
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+        if dict(os.environ) != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        if sys.path != self.path:
+            sys.path[:] = self.path
+
+
+def _serve(conn: Connection, config: WorkerConfig, environment: _Environment) -> None:
+    claims = config.claims
+    assert claims is not None, "the parent gives every worker its claim table"
     tasks_left = config.max_tasks
     while True:
         try:
@@ -155,8 +185,15 @@ def _serve(conn: Connection, config: WorkerConfig) -> None:
             return  # the parent closed our pipe: shut down
         if frame == _wire.STOP:
             return
-        conn.send_bytes(_RECEIVED_FRAME)
-        for task_id, call in _wire.decode_batch(frame):
+        calls = list(_wire.decode_batch(frame))
+        if not calls:
+            environment.restore()  # RESET: we are being parked
+            continue
+        last_seq = calls[-1][1]
+        conn.send_bytes(pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST))
+        for task_id, seq, call in calls:
+            if not claims.start(seq):
+                continue  # the parent took it back (cancelled, or for another worker)
             conn.send_bytes(run_call(task_id, call, config.by_value))
             if tasks_left is not None:
                 tasks_left -= 1
@@ -171,6 +208,7 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     results and errors cross back the same way on every executor kind.
     """
     started = time.perf_counter()
+    pid = os.getpid()
     try:
         fn, args, kwargs = _pickling.loads(call)
     except BaseException as exc:  # noqa: BLE001 - reported as this task's failure
@@ -186,7 +224,9 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
+        _exit_if_forked_child(pid)
         return error_reply(task_id, exc, time.perf_counter() - started)
+    _exit_if_forked_child(pid)
     if not by_value:
         try:
             return pickle.dumps(
@@ -202,6 +242,14 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)
 
 
+def _exit_if_forked_child(pid: int) -> None:
+    """A task that called ``os.fork()`` may return twice: in the child, the
+    return must not reach the pipe the parent reads (a second answer to one
+    call). The child ends here, as multiprocessing ends its forked children."""
+    if os.getpid() != pid:
+        os._exit(0)
+
+
 def error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
     """The ERROR reply for ``exc``; a ``RemoteError`` stands in for an exception
     that cannot make the trip (it fails to pickle, or to unpickle)."""
@@ -210,7 +258,9 @@ def error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
         reply = pickle.dumps(
             (_wire.ERROR, task_id, exc, remote_traceback, busy_s), _HIGHEST
         )
-        pickle.loads(reply)  # an exception that pickles may still not unpickle
+        # An exception that pickles may still not unpickle, or not as itself.
+        if not isinstance(pickle.loads(reply)[2], BaseException):
+            raise TypeError("rebuilds as a non-exception")
     except BaseException:  # noqa: BLE001 - any failure: send a RemoteError instead
         remote = RemoteError(
             f"{type(exc).__module__}.{type(exc).__qualname__}",

@@ -1,0 +1,138 @@
+"""What the user is told when a worker ends badly: one error per kind of end.
+
+The dispatcher decides *which* task an ending concerns (``_dispatcher``); this
+module words the error, so that every message answers what happened, to which
+task and worker, and what to do next.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from typing import TYPE_CHECKING
+
+from stalwart import _spawn
+from stalwart.errors import InitializerError, TaskTimeoutError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from stalwart._slot import Task
+
+_CRASH_HINTS = {
+    "SIGSEGV": "Segfaults usually come from C extensions; the worker's C stack is on "
+    "stderr (faulthandler).",
+    "SIGBUS": "Bus errors usually come from C extensions or memory-mapped files.",
+    "SIGKILL": "SIGKILL usually means the OS ran out of memory (the OOM killer) or "
+    "someone killed the worker.",
+    "SIGABRT": "abort() usually comes from a failed assertion in C code; see stderr.",
+}
+
+
+def exit_description(exitcode: int | None) -> str:
+    name = _spawn.signal_name(exitcode)
+    return f"killed by {name}" if name else f"exit code {exitcode}"
+
+
+def crashed(pid: int | None, exitcode: int | None, task: Task) -> WorkerCrashedError:
+    """The worker died while running ``task``."""
+    signal_name = _spawn.signal_name(exitcode)
+    how = f"died from {signal_name}" if signal_name else f"exited with code {exitcode}"
+    attempts = f" (attempt {task.attempts})" if task.attempts > 1 else ""
+    hint = _CRASH_HINTS.get(signal_name or "", "")
+    if not signal_name:
+        hint = "A task (or a C extension) called os._exit() or exit()."
+    return WorkerCrashedError(
+        f"worker {pid} {how} while running task {task.id}, {task.describe()}"
+        f"{attempts}. Only this task failed; a replacement worker was started. {hint}",
+        pid=pid,
+        exitcode=exitcode,
+        signal=signal_name,
+        task=task.describe(),
+        attempts=task.attempts,
+    )
+
+
+def timed_out(pid: int | None, task: Task) -> TaskTimeoutError:
+    """``task`` ran past its task_timeout and its worker was killed."""
+    message = (
+        f"task {task.id}, {task.describe()}, ran longer than its task_timeout of "
+        f"{task.timeout:g} s, so its worker {pid} was killed, together with any "
+        "processes the task started. Only this task failed; a replacement worker "
+        "was started. Raise task_timeout if the task needs more time."
+    )
+    return TaskTimeoutError(
+        message, timeout=task.timeout, pid=pid, task=task.describe()
+    )
+
+
+def start_failed(
+    pid: int | None,
+    exitcode: int | None,
+    init_failure: tuple[str, str] | None,
+    failures: int,
+    given_up: bool,
+) -> BrokenProcessPool:
+    """A worker died, or its initializer raised, before it was ready."""
+    if init_failure is not None:
+        summary, remote_traceback = init_failure
+        error: BrokenProcessPool = InitializerError(
+            f"the initializer raised {summary} in worker {pid}"
+            + (
+                f"; {failures} workers in a row failed the same way, so no more "
+                "are started and the executor is broken. Fix the initializer "
+                "(its traceback is attached) and create a new executor."
+                if given_up
+                else "; a replacement worker is being started."
+            ),
+            remote_traceback=remote_traceback,
+        )
+        error.__cause__ = _RemoteTraceback(remote_traceback)  # type: ignore[arg-type]
+        return error
+    return WorkerCrashedError(
+        f"worker {pid} exited before it was ready "
+        f"({exit_description(exitcode)}); {failures} in a row"
+        + (
+            ", so no more are started and the executor is broken. "
+            "Look for the worker's traceback on stderr. A common cause: the "
+            "main script starts an executor at import time; put that code "
+            "under `if __name__ == '__main__':`, since workers import the "
+            "main module."
+            if given_up
+            else "; starting a replacement."
+        ),
+        pid=pid,
+        exitcode=exitcode,
+        signal=_spawn.signal_name(exitcode),
+    )
+
+
+def unreadable_result(
+    pid: int | None, task: Task, exc: BaseException
+) -> BrokenProcessPool:
+    """``task``'s answer arrived but could not be rebuilt in the parent."""
+    error = BrokenProcessPool(
+        f"the result of {task.describe()} came back from worker {pid} but could "
+        f"not be unpickled in the parent: {exc!r}. Return types that the parent process "
+        "can import and rebuild (and that fit in its memory); the executor carries on."
+    )
+    error.__cause__ = exc
+    return error
+
+
+def dispatcher_failed(exc: BaseException) -> BrokenProcessPool:
+    """The I/O thread itself failed: a bug; every outstanding future gets this."""
+    error = BrokenProcessPool(
+        f"stalwart's dispatcher thread failed with {exc!r}; this is a bug in "
+        "stalwart, please report it with the traceback logged by 'stalwart'. "
+        "The executor is broken: create a new one."
+    )
+    error.__cause__ = exc
+    return error
+
+
+def start_error(exc: Exception) -> BrokenProcessPool:
+    """A worker process could not even be started (no fork, no fds...)."""
+    error = BrokenProcessPool(
+        f"could not start a worker process: {exc!r}. The executor is "
+        "broken; every waiting future fails with this error."
+    )
+    error.__cause__ = exc
+    return error
