@@ -95,8 +95,10 @@ def dask_client() -> Iterator[Any]:
 _session_helpers: set[threading.Thread] = set()
 _session_helper_pids: set[int] = set()
 
-PROCESS_WIDE_THREADS = ("Dask-Offload",)
-"""Threads that distributed starts once per process, on first use, by design."""
+PROCESS_WIDE_THREADS = ("Dask-Offload", "stalwart-spawner")
+"""Threads started once per process, on first use, by design: distributed's, and
+stalwart's spawner (worker processes are started from one long-lived thread, so
+that the kernel's parent-death signal outlives the I/O threads; see _lifeline)."""
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ import os
 import pickle
 import signal
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -89,19 +88,9 @@ def _enable_faulthandler() -> None:
 
 
 def _start_parent_watchdog() -> None:
-    parent_pid = os.getppid()
+    from stalwart import _lifeline  # the kernel's death signal, then a watchdog
 
-    def exit_when_orphaned() -> None:
-        # The pipe alone cannot tell us: under fork contexts sibling workers
-        # inherit copies of the parent's ends, so EOF may never come.
-        while True:
-            time.sleep(PARENT_POLL_INTERVAL_S)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(
-        target=exit_when_orphaned, name="stalwart-parent-watchdog", daemon=True
-    ).start()
+    _lifeline.hold_on_to_parent(PARENT_POLL_INTERVAL_S)
 
 
 def _import_main_script(main_path: str | None) -> None:
