@@ -18,7 +18,7 @@ import pytest
 
 import stalwart
 from tests import _kind_tasks as tasks
-from tests import _tasks
+from tests import _tasks, _trust_tasks
 from tests._leaks import worker_processes
 from tests._tasks import TIMEOUT
 from tests.conftest import open_executor, wait_until
@@ -211,9 +211,10 @@ def test_a_worker_that_dies_while_parked_is_replaced_not_adopted(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "inits"
-    first, calls = run_block("process", log, n=20, max_workers=2)
-    pids = pids_of(calls)
-    assert first.workers_parked == len(pids) == 2
+    with warm("process", log, max_workers=2) as ex:
+        list(ex.map(tasks.count_call, range(20)))
+        pids = set(ex._processes)  # the workers it is about to park
+    assert ex.stats().workers_parked == len(pids) == 2
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: gone({victim}), "the parked worker to die")
@@ -297,13 +298,13 @@ def test_get_reusable_executor_returns_the_same_warm_executor(tmp_path: Path) ->
     again = stalwart.get_reusable_executor(max_workers=2, **kwargs)
     assert again is not ex
     assert again.stats().workers_reused == 2
-    assert workers_of(list(again.map(tasks.count_call, range(20)))) <= workers_of(calls)
-    assert len(tasks.ran(log)) == 2
+    more_calls = list(again.map(tasks.count_call, range(20)))
+    assert len(tasks.ran(log)) == 2  # no worker started, no initializer re-run
     again.shutdown(kill_workers=True)
-    wait_until(lambda: gone(pids_of(calls)), "killed workers to exit")
+    wait_until(lambda: gone(pids_of(calls + more_calls)), "killed workers to exit")
 
 
-def test_get_reusable_executor_with_new_settings_waits_then_replaces(
+def test_get_reusable_executor_resizes_in_place_and_never_breaks_a_holder(
     tmp_path: Path, manager: Any
 ) -> None:
     started, gate = manager.Event(), manager.Event()
@@ -312,22 +313,49 @@ def test_get_reusable_executor_with_new_settings_waits_then_replaces(
     ex = stalwart.get_reusable_executor(max_workers=2, **kwargs)
     running = ex.submit(_tasks.block_until, started, gate, "finished")
     assert started.wait(TIMEOUT)
-    opener = cf.ThreadPoolExecutor(1)
-    replacing = opener.submit(stalwart.get_reusable_executor, max_workers=1, **kwargs)
-    assert cf.wait([replacing], timeout=0.2).not_done  # waits for the running task
-    gate.set()
-    bigger = replacing.result(TIMEOUT)
-    opener.shutdown()
-    assert running.result(TIMEOUT) == "finished"
-    assert bigger is not ex
-    assert bigger.stats().workers_reused == 1  # only max_workers changed
-    bigger.submit(tasks.square, 2).result(TIMEOUT)
-
+    assert stalwart.get_reusable_executor(max_workers=1, **kwargs) is ex  # resized
+    assert ex._max_workers == 1
     other = stalwart.get_reusable_executor(
         max_workers=1, initializer=tasks.init_counter, initargs=(log + "-b",)
     )
+    assert other is not ex
     assert other.stats().workers_reused == 0  # the initializer's args changed
+    # The first holder's executor still runs: nothing shut it down.
+    squared = ex.submit(tasks.square, 3)
+    gate.set()
+    assert running.result(TIMEOUT) == "finished"
+    assert squared.result(TIMEOUT) == 9
     other.shutdown(kill_workers=True)
+    ex.shutdown(kill_workers=True)
+
+
+def test_get_reusable_executor_from_many_threads_with_other_sizes() -> None:
+    """Eight threads, each asking for its own max_workers ten times and using
+    what it got: every call works (loky resizes in place; so do we)."""
+
+    def use(size: int) -> list[int]:
+        results = []
+        for i in range(10):
+            ex = stalwart.get_reusable_executor(max_workers=size)
+            results.append(ex.submit(tasks.square, i).result(TIMEOUT))
+        return results
+
+    with cf.ThreadPoolExecutor(8) as threads:
+        outcomes = list(threads.map(use, [1, 2, 3, 4, 1, 2, 3, 4]))
+    assert outcomes == [[i * i for i in range(10)]] * 8
+    stalwart.get_reusable_executor().shutdown(kill_workers=True)
+
+
+def test_a_parked_worker_forgets_what_its_tasks_did_to_its_environment() -> None:
+    """cwd, environment variables and sys.path are restored before adoption."""
+    cwd = os.getcwd()
+    with stalwart.ProcessPoolExecutor(1, reuse=True) as ex:
+        pid = ex.submit(_trust_tasks.change_environment).result(TIMEOUT)
+    with stalwart.ProcessPoolExecutor(1, reuse=True) as again:
+        seen = again.submit(_trust_tasks.environment_seen).result(TIMEOUT)
+        assert again.stats().workers_reused == 1
+        again.shutdown(kill_workers=True)
+    assert seen == (pid, cwd, None, False)
 
 
 def test_get_reusable_executor_refuses_reuse_false() -> None:

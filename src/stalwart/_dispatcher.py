@@ -251,6 +251,14 @@ class Dispatcher:
     def _is_idle(self) -> bool:
         if any(slot.in_flight for slot in self.slots):
             return False
+        # A worker still starting (its reserved call taken by an idle one) is
+        # worth parking (reuse=True): let it finish starting rather than kill it.
+        if (
+            self.reuse is not None
+            and self.inbox.abort is None
+            and any(slot.state is WorkerState.STARTING for slot in self.slots)
+        ):
+            return False
         pending = self.inbox.pending
         while pending and pending[0].future.cancelled():
             self._drop_cancelled(self.inbox.release(pending.popleft()))

@@ -46,7 +46,9 @@ How workers end, and what follows (``_dispatcher``, words from ``_outcomes``):
 * Shutdown: once nothing is pending or in flight the workers are sent STOP
   (or, ``reuse=True``, RESET and parked), and stragglers are killed after
   ``WORKER_EXIT_GRACE_S``.
-* Parent death: workers notice (``_lifeline``) and exit on their own.
+* Parent death: the kernel kills the workers (``_lifeline``: Linux's
+  parent-death signal, from the spawner thread that started them), and a
+  watchdog in each worker covers the rest.
 
 Who may touch what: user threads only the inbox (``submit``, ``shutdown``,
 callbacks) and, through ``cancel()``, a claim table; the I/O thread everything

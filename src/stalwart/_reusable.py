@@ -39,12 +39,12 @@ def get_reusable_executor(
     ``idle_timeout`` seconds unused (default 60), or at once with
     ``shutdown(kill_workers=True)``.
 
-    Changed settings replace the executor: the previous one is shut down
-    first, *waiting for the work already submitted to it* (its futures stay
-    valid), then a new one is created. Its idle workers are adopted by the new
-    one when nothing that shapes a worker changed (only ``max_workers``,
-    ``task_timeout``, ``retries`` or ``idle_timeout``); otherwise they are
-    parked for ``idle_timeout`` under their own settings.
+    A call that changes only ``max_workers`` resizes the running executor in
+    place, as loky does: more workers start as work needs them, surplus idle
+    ones exit. A call that changes anything else gets a new executor; the
+    previous one is left running for whoever still holds it (it parks its
+    workers when it is shut down or collected). Never is an executor that a
+    caller holds shut down behind its back.
 
     Takes the keywords of ``stalwart.ProcessPoolExecutor`` except ``reuse``,
     which is always on here.
@@ -65,9 +65,13 @@ def get_reusable_executor(
     with _lock:
         if _current is not None:
             current_signature, executor = _current
-            if current_signature == signature and executor._accepts_work():
-                return executor
-            executor.shutdown(wait=True)  # parks its workers for the next one
+            if executor._accepts_work():
+                if current_signature == signature:
+                    return executor
+                if current_signature[1:] == signature[1:]:  # only max_workers
+                    executor._resize(settings.max_workers)
+                    _current = (signature, executor)
+                    return executor
         executor = ProcessPoolExecutor._from_settings(settings)
         _current = (signature, executor)
         return executor

@@ -1,0 +1,122 @@
+"""cancel() is exact, and nothing waits behind another worker's backlog.
+
+Calls are sent ahead to workers in batches, yet a call that has not started is
+as cancellable as one still queued in the parent, and an idle worker takes back
+a busy worker's backlog (issue 11, defect 5).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import CancelledError, wait
+from typing import TYPE_CHECKING
+
+import pytest
+
+import stalwart
+from tests import _trust_tasks
+from tests._tasks import TIMEOUT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _warm_up(ex: stalwart.ProcessPoolExecutor) -> None:
+    """Thousands of tiny calls: the dispatcher learns to send deep batches."""
+    assert list(ex.map(_trust_tasks.ident, range(3000))) == list(range(3000))
+
+
+def _started(directory: Path) -> dict[int, float]:
+    return {int(p.name): float(p.read_text()) for p in directory.iterdir()}
+
+
+def test_a_call_whose_cancel_succeeded_never_runs_and_one_that_failed_did(
+    tmp_path: Path,
+) -> None:
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        _warm_up(ex)
+        futures = [
+            ex.submit(_trust_tasks.nap_and_mark, str(tmp_path), i, 0.02)
+            for i in range(200)
+        ]
+        futures[0].result(TIMEOUT)  # the workers are well into their backlogs
+        cancelled = {i for i, future in enumerate(futures) if future.cancel()}
+        wait(futures, TIMEOUT)
+    ran = set(_started(tmp_path))
+    assert cancelled, "nothing was cancellable: the backlog was all marked running"
+    assert ran.isdisjoint(cancelled)
+    assert ran | cancelled == set(range(200))
+    for i, future in enumerate(futures):
+        assert future.cancelled() == (i in cancelled)
+
+
+def test_shutdown_cancel_futures_lets_at_most_max_workers_plus_one_escape(
+    tmp_path: Path,
+) -> None:
+    """After a warm-up that taught deep batches, as the stdlib's call queue."""
+    workers = 2
+    ex = stalwart.ProcessPoolExecutor(max_workers=workers)
+    _warm_up(ex)
+    futures = [
+        ex.submit(_trust_tasks.nap_and_mark, str(tmp_path), i, 0.01)
+        for i in range(3000)
+    ]
+    futures[0].result(TIMEOUT)
+    running_before = sum(future.running() for future in futures)
+    asked_at = time.time()
+    ex.shutdown(wait=True, cancel_futures=True)
+    started = _started(tmp_path)
+    escaped = [i for i, at in started.items() if at > asked_at]
+    assert running_before <= workers
+    assert len(escaped) <= workers + 1, escaped
+    for i, future in enumerate(futures):
+        assert future.cancelled() == (i not in started)
+        if not future.cancelled():
+            assert future.result(0) == i
+
+
+def test_running_is_true_only_for_calls_a_worker_has_started(tmp_path: Path) -> None:
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        _warm_up(ex)
+        futures = [
+            ex.submit(_trust_tasks.nap_and_mark, str(tmp_path), i, 0.01)
+            for i in range(300)
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        while not all(f.done() for f in futures) and time.monotonic() < deadline:
+            assert sum(f.running() for f in futures) <= 2
+        ex.shutdown(cancel_futures=True)
+
+
+def test_a_long_task_does_not_hold_the_short_ones_queued_behind_it() -> None:
+    """One 3 s call and twenty 0.25 s calls on two warm workers: 4 s of work
+    each, ideally. The stdlib takes 4.0 s; before work stealing, 5.5 s."""
+    with stalwart.ProcessPoolExecutor(max_workers=2) as ex:
+        _warm_up(ex)
+        started = time.perf_counter()
+        futures = [ex.submit(time.sleep, 3.0)]
+        futures += [ex.submit(time.sleep, 0.25) for _ in range(20)]
+        wait(futures, TIMEOUT)
+        elapsed = time.perf_counter() - started
+    assert all(f.exception() is None for f in futures)
+    assert elapsed < 4.0 * 1.1, f"took {elapsed:.2f} s; the ideal is 4.0 s"
+    assert ex.stats().tasks_rebalanced > 0
+
+
+def test_cancelled_futures_count_as_done_for_wait_and_as_completed() -> None:
+    with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
+        _warm_up(ex)
+        futures = [ex.submit(time.sleep, 0.05) for _ in range(50)]
+        for future in futures[5:]:
+            future.cancel()
+        not_done = wait(futures, TIMEOUT).not_done
+        assert not not_done
+        for future in futures[5:]:
+            if future.cancelled():
+                with pytest.raises(CancelledError):
+                    future.result(0)
+    assert ex.stats().tasks_cancelled >= 1
+    assert os.getpid()  # the parent carries on
