@@ -9,14 +9,16 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import os
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import stalwart
 from tests import _kind_tasks as tasks
-from tests._tasks import TIMEOUT
+from tests._tasks import TIMEOUT, block_until
 from tests.conftest import open_executor as pool
 from tests.conftest import wait_until
 
@@ -46,6 +48,25 @@ def counted(n: int | None, pulled: list[int]) -> Iterator[int]:
     for i in itertools.count() if n is None else range(n):
         pulled[0] = i + 1
         yield i
+
+
+def press_ctrl_c_once_waiting(main: threading.Thread, armed: threading.Event) -> None:
+    """Once ``armed``, send SIGINT to ``main`` as soon as it blocks waiting on a
+    lock, as a user's Ctrl-C reaches a program waiting for a result."""
+    ident = main.ident
+    assert ident is not None
+    if not armed.wait(TIMEOUT):
+        return
+
+    def waiting() -> bool:
+        frame = sys._current_frames().get(ident)
+        return frame is not None and (
+            frame.f_code.co_name == "wait"
+            and frame.f_code.co_filename == threading.__file__
+        )
+
+    wait_until(waiting, "the main thread to wait for a result")
+    signal.pthread_kill(ident, signal.SIGINT)
 
 
 # -- the stdlib's semantics by default ------------------------------------------
@@ -147,6 +168,68 @@ def test_timeout_bounds_the_whole_iteration(
         with pytest.raises(cf.TimeoutError):
             list(results)
         gate.set()
+
+
+@pytest.mark.not_on_dask("max_workers=1 cannot shrink a cluster the executor was given")
+@pytest.mark.parametrize(("chunksize", "buffersize"), [(2, None), (2, 1), (1, 1)])
+def test_a_timeout_cancels_the_task_it_waited_on_and_submits_no_more(
+    kind: str,
+    chunksize: int,
+    buffersize: int | None,
+    tmp_path: Path,
+    manager: Any,
+) -> None:
+    """As in the stdlib: once the timeout has passed, no item of the map runs."""
+    log, started, gate = str(tmp_path / "ran"), manager.Event(), manager.Event()
+    with pool(kind, max_workers=1) as ex:
+        busy = ex.submit(block_until, started, gate, "busy")
+        assert started.wait(TIMEOUT)
+        results = ex.map(
+            tasks.record,
+            itertools.repeat(log),
+            [1, 2, 3, 4],
+            timeout=0.2,
+            chunksize=chunksize,
+            buffersize=buffersize,
+        )
+        with pytest.raises(cf.TimeoutError):
+            next(results)
+        gate.set()
+        assert busy.result(TIMEOUT) == "busy"
+    # shutdown(wait=True) has run whatever was not cancelled.
+    assert tasks.ran(log) == [], "items of a map that timed out ran afterwards"
+
+
+@pytest.mark.not_on_dask("max_workers=1 cannot shrink a cluster the executor was given")
+def test_ctrl_c_while_waiting_cancels_the_map_and_submits_no_more(
+    kind: str, tmp_path: Path, manager: Any
+) -> None:
+    log, started, gate = str(tmp_path / "ran"), manager.Event(), manager.Event()
+    with pool(kind, max_workers=1) as ex:
+        busy = ex.submit(block_until, started, gate, "busy")
+        assert started.wait(TIMEOUT)
+        results = ex.map(
+            tasks.record,
+            itertools.repeat(log),
+            [1, 2, 3, 4],
+            timeout=TIMEOUT,  # a failed interrupt fails the test, never hangs it
+            chunksize=2,
+            buffersize=1,
+        )
+        armed = threading.Event()
+        ctrl_c = threading.Thread(
+            target=press_ctrl_c_once_waiting, args=(threading.current_thread(), armed)
+        )
+        ctrl_c.start()
+        try:
+            armed.set()  # from here, the only wait is next()'s, for the result
+            with pytest.raises(KeyboardInterrupt):
+                next(results)
+        finally:
+            ctrl_c.join(TIMEOUT)
+            gate.set()
+        assert busy.result(TIMEOUT) == "busy"
+    assert tasks.ran(log) == [], "items of an interrupted map ran afterwards"
 
 
 # -- ordered=False, buffersize, chunksize="auto" ---------------------------------

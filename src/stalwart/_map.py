@@ -1,10 +1,11 @@
 """``map()`` for every stalwart executor: chunking, ordering, buffering, progress.
 
 Every executor inherits ``MapMixin.map``, which needs only the executor's
-``_submit()``: ``map_results`` gets a ``submit(call_fn, call_args, n_items)`` that
-schedules one task standing for ``n_items`` map items (its ``task_timeout`` is
-``n_items`` times the per-item one) and raises as ``submit()`` does. Everything
-else about ``map`` lives here, once::
+``_submit()`` (or its overridden ``submit()``, below): ``map_results`` gets a
+``submit(call_fn, call_args, n_items)`` that schedules one task standing for
+``n_items`` map items (its ``task_timeout`` is ``n_items`` times the per-item
+one) and raises as ``submit()`` does. Everything else about ``map`` lives here,
+once::
 
     zip(*iterables) --chunks--> submit() --> futures, oldest first (the window)
           ^                                        |
@@ -14,6 +15,12 @@ else about ``map`` lives here, once::
     results: oldest first (ordered) or as each task finishes (ordered=False)
       --> progress display --> the caller
 
+* ``submit`` overridden (by a subclass, or on the instance, as tqdm's
+  ``process_map`` and ``thread_map`` do to count finished futures): every task
+  goes through ``self.submit(fn, *args)``, a chunk as
+  ``self.submit(run_chunk, fn, chunk)``, as the stdlib's map does. The map's
+  ``task_timeout`` still applies: ``MapMixin._task_timeout``, which every
+  executor's ``submit()`` passes on, answers with it while map submits.
 * ``buffersize=None`` (the default): every item is read and submitted before
   ``map()`` returns, as in the stdlib, so an unpicklable item is refused by
   ``map()`` itself and the work goes on whether or not the results are read.
@@ -24,26 +31,33 @@ else about ``map`` lives here, once::
 * ``chunksize="auto"``: chunks start at one item; each chunk reports how long its
   items ran in the worker, and later chunks grow (at most doubling) toward
   ``AUTO_TARGET_CHUNK_S`` of work, up to ``AUTO_MAX_CHUNK`` items.
-* An item that raises: the items before it in its chunk are delivered, then its
-  exception is raised when the iteration reaches it (ordered) or as it comes
-  (unordered); closing or abandoning the iterator cancels every task not yet
-  started, as the stdlib does.
+* An item that raises: ``run_chunk`` fails its chunk with a ``_ChunkFailure``
+  holding the results of the items before it and the exception; the items'
+  results are delivered, then the exception itself is raised when the
+  iteration reaches it (ordered) or as it comes (unordered).
+* The iteration ends early (the ``timeout`` passes, Ctrl-C while waiting, an
+  item's exception, the iterator closed or abandoned): every task of the map
+  not yet started is cancelled, the one being waited on included, and nothing
+  more is submitted, as the stdlib does.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
+import contextvars
 import itertools
+import pickle
 import queue
 import threading
 import time
+import traceback
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart import _options, _pickling
 from stalwart._progress import check_progress, open_progress
-from stalwart.errors import PicklingError
+from stalwart.errors import PicklingError, RemoteError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -64,18 +78,38 @@ AUTO_MAX_CHUNK = 2048
 """Items per auto chunk at most: for tasks too tiny to time, past this size the
 pipes and pickling gain nothing more and a chunk only delays the first results."""
 
-_PARTIAL_RESULTS = "_stalwart_map_results_before_failure"
-"""Where ``run_chunk`` leaves, on the exception of a failing item, the results of
-the items before it (exception attributes travel with the pickled exception)."""
+_MAP_SUBMITTING: contextvars.ContextVar[tuple[object, float | None] | None] = (
+    contextvars.ContextVar("stalwart_map_submitting", default=None)
+)
+"""(executor, task_timeout) while ``map()`` submits one task through that
+executor's overridden ``submit()`` in this thread: what ``MapMixin._task_timeout``
+answers then, so the override's call reaches ``_submit()`` with the map's limit."""
 
 
 class MapMixin:
-    """``map()`` for an executor with ``_submit()`` and ``_task_timeout``.
+    """``map()`` for an executor with ``submit()``, ``_submit()`` and ``_task_timeout``.
 
     Every stalwart executor inherits its ``map`` from here, so they cannot drift.
+
+    ``_task_timeout`` is the limit the executor's ``submit()`` applies. It is a
+    property so that a map going through an overridden ``submit()`` can lend its
+    own limit (its ``task_timeout=``, times the chunk's items) to the one call it
+    is making: the override ends in the executor's ``submit()``, which reads it.
+    Only that thread, while that call runs, sees the lent value.
     """
 
-    _task_timeout: float | None
+    _executor_task_timeout: float | None = None
+
+    @property
+    def _task_timeout(self) -> float | None:
+        submitting = _MAP_SUBMITTING.get()
+        if submitting is not None and submitting[0] is self:
+            return submitting[1]
+        return self._executor_task_timeout
+
+    @_task_timeout.setter
+    def _task_timeout(self, value: float | None) -> None:
+        self._executor_task_timeout = value
 
     def _submit(
         self,
@@ -112,16 +146,27 @@ class MapMixin:
         * ``progress=True`` (or a tqdm-like bar): count the results;
         * ``task_timeout``: overrides the executor's for these calls; a chunk of
           n items may run n times as long, and fails as a whole when it overruns.
+
+        A ``submit`` overridden by a subclass or replaced on the instance is
+        called for every task, as the stdlib's ``map`` does.
         """
-        limit = self._task_timeout
+        limit = self._executor_task_timeout
         if task_timeout is not None:
             limit = _options.check_task_timeout(task_timeout)
+        overridden = _overridden_submit(self)
 
         def submit_task(
             call_fn: Callable[..., Any], args: tuple[Any, ...], items: int
         ) -> Future[Any]:
             task_limit = None if limit is None else limit * items
-            return self._submit(call_fn, args, {}, "map", task_limit)
+            if overridden is None:
+                return self._submit(call_fn, args, {}, "map", task_limit)
+            lent = _MAP_SUBMITTING.set((self, task_limit))
+            try:
+                future: Future[Any] = overridden(call_fn, *args)
+            finally:
+                _MAP_SUBMITTING.reset(lent)
+            return future
 
         results: Iterator[R] = map_results(
             submit_task,
@@ -134,6 +179,32 @@ class MapMixin:
             progress=progress,
         )
         return results
+
+
+def _overridden_submit(executor: MapMixin) -> Callable[..., Future[Any]] | None:
+    """``executor.submit`` when it is not the executor's own, else None.
+
+    The executor's own ``submit`` is the one defined beside ``_submit`` (the
+    first class in the MRO that defines ``_submit``); any other, whether a
+    subclass's method or a function assigned on the instance (tqdm), must be
+    called for each task, since clients count or wrap the futures it returns.
+    """
+    # getattr: the mixin declares no submit(); each executor defines its own.
+    submit: Callable[..., Future[Any]] = getattr(executor, "submit")  # noqa: B009
+    own = next(
+        (
+            vars(cls).get("submit")
+            for cls in type(executor).__mro__
+            if "_submit" in vars(cls)
+        ),
+        None,
+    )
+    is_own = (
+        own is not None
+        and getattr(submit, "__func__", None) is own
+        and getattr(submit, "__self__", None) is executor
+    )
+    return None if is_own else submit
 
 
 def map_results(
@@ -169,18 +240,103 @@ def map_results(
 def run_chunk(
     fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]
 ) -> tuple[float, list[Any]]:
-    """Runs in the worker: one task for a chunk of map items, timed there."""
+    """Runs in the worker: one task for a chunk of map items, timed there.
+
+    An item that raises fails the chunk with a ``_ChunkFailure`` of its own,
+    holding the results of the items before it and the exception.
+    """
     started = time.perf_counter()
     results: list[Any] = []
     try:
         for args in chunk:
             results.append(fn(*args))  # noqa: PERF401 - kept when an item raises
-    except BaseException as exc:
-        # An exception that takes no attributes only loses the items before it.
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(exc, _PARTIAL_RESULTS, results)
-        raise
+    except BaseException as exc:  # noqa: BLE001 - every item's failure is carried
+        # Never on the exception itself: two chunks may raise the same instance
+        # (a module-level constant, an error kept and re-raised) at once, on
+        # two threads, and each must keep its own results.
+        raise _ChunkFailure(results, exc) from None
     return time.perf_counter() - started, results
+
+
+class _ChunkFailure(Exception):
+    """A chunk's item raised ``error``; ``results`` are those of the items before it.
+
+    One per failing chunk, so chunks raising the same exception instance keep
+    their own results. Private to map: ``_take`` unwraps it, and the caller gets
+    ``error`` itself, as the stdlib's map would raise it.
+
+    A process pool's or dask's worker pickles it to send it back. It then takes
+    along the text of ``error``'s traceback (the reply's own would show this
+    wrapper), and it always makes the trip: an ``error`` that would not becomes
+    a ``RemoteError``, as a task's own exception does, and results that would
+    not are dropped, never the exception.
+    """
+
+    def __init__(
+        self,
+        results: list[Any],
+        error: BaseException,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.results = results
+        self.error = error
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        # Seen only by code that looks at a chunk's future itself (a callback
+        # added by an overridden submit()): say what it is and where to look.
+        return (
+            f"item {len(self.results)} of a map chunk raised "
+            f"{type(self.error).__qualname__}: {_safe_str(self.error)} "
+            "(map() raises that exception itself; this wraps it with the results "
+            "of the items before it)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        text = self.remote_traceback
+        if text is None:
+            text = _traceback_text(self.error)
+        error = self.error
+        if not _round_trips(error):
+            error = RemoteError(
+                f"{type(error).__module__}.{type(error).__qualname__}",
+                _safe_str(error),
+                text,
+            )
+        results = self.results if _round_trips(self.results) else []
+        return (_ChunkFailure, (results, error, text))
+
+    def unwrap(self) -> tuple[list[Any], BaseException]:
+        """(the results before the failing item, its exception), the worker's
+        traceback attached as the exception's cause when it came from one."""
+        if self.remote_traceback is not None:
+            # typeshed has the argument as a traceback; it is the formatted text.
+            cause = _RemoteTraceback(self.remote_traceback)  # type: ignore[arg-type]
+            self.error.__cause__ = cause
+        return self.results, self.error
+
+
+def _round_trips(obj: object) -> bool:
+    """Whether ``obj`` pickles, and unpickles again (in this process at least)."""
+    try:
+        pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+    except BaseException:  # noqa: BLE001 - whatever a __reduce__ raises: it cannot
+        return False
+    return True
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """The worker's traceback of ``exc``, as the stdlib's remote tracebacks read."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{text}"""'
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not hide the error
+        return f"<str() of {type(exc).__qualname__} failed>"
 
 
 def describe(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -279,17 +435,26 @@ class _Feed:
         except PicklingError as error:
             raise _culprit_item_error(self.fn, chunk) or error from None
 
-    def take_next(self, end_time: float | None) -> Future[Any]:
-        """The next task whose results are due: the oldest, or the next to finish."""
+    def next_due(self, end_time: float | None) -> Future[Any]:
+        """The next task whose results are due: the oldest, or the next to finish.
+
+        It stays in flight until ``taken()``, so that ``cancel_all()`` still
+        reaches it should the wait for it fail.
+        """
         if isinstance(self.in_flight, collections.deque):
-            return self.in_flight.popleft()
+            return self.in_flight[0]
         assert self.finished is not None
         try:
-            future = self.finished.get(timeout=_remaining(end_time))
+            return self.finished.get(timeout=_remaining(end_time))
         except queue.Empty:
             raise FuturesTimeoutError from None
-        self.in_flight.remove(future)
-        return future
+
+    def taken(self, future: Future[Any]) -> None:
+        """``future``'s results were taken: it is no longer in flight."""
+        if isinstance(self.in_flight, collections.deque):
+            self.in_flight.popleft()
+        else:
+            self.in_flight.remove(future)
 
     def cancel_all(self) -> None:
         for future in self.in_flight:
@@ -372,10 +537,13 @@ def _results(
     display = open_progress(progress, total)
     try:
         while feed.in_flight:
-            future = feed.take_next(end_time)
+            future = feed.next_due(end_time)
+            # A wait that fails (the timeout, Ctrl-C) raises here, before anything
+            # more is submitted; `finally` then cancels this task with the rest.
             values, error = _take(future, feed.chunked, _remaining(end_time))
+            feed.taken(future)
             del future
-            if feed.buffersize is not None:
+            if feed.buffersize is not None and error is None:
                 feed.top_up()
             yield from _deliver(values, error, display)
     finally:
@@ -386,17 +554,18 @@ def _results(
 def _take(
     future: Future[Any], chunked: bool, timeout: float | None
 ) -> tuple[list[Any], BaseException | None]:
-    """A task's items' results, and the exception that cut them short, if any."""
-    try:
-        result = future.result(timeout)
-    except BaseException as exc:  # noqa: BLE001 - what the item raised is its result
-        partial = getattr(exc, _PARTIAL_RESULTS, None) if chunked else None
-        if partial is not None:
-            delattr(exc, _PARTIAL_RESULTS)
-        return (partial or []), exc
-    if chunked:
-        return result[1], None
-    return [result], None
+    """A task's items' results, and the exception that cut them short, if any.
+
+    Raises what the wait itself raised: ``TimeoutError`` when ``timeout`` passed
+    first, ``CancelledError``, ``KeyboardInterrupt``.
+    """
+    error = future.exception(timeout)
+    if error is None:
+        result = future.result()
+        return (result[1] if chunked else [result]), None
+    if isinstance(error, _ChunkFailure):
+        return error.unwrap()
+    return [], error
 
 
 def _deliver(
