@@ -1,0 +1,207 @@
+"""Frames on a worker's pipe: ``multiprocessing.connection.Connection``'s framing.
+
+A frame is a 4-byte big-endian signed length then the payload, or, for payloads
+over 2 GiB, -1 then an 8-byte length. The worker writes with a plain
+``Connection``; the parent parses the raw bytes with ``FrameReader``, however a
+read happened to cut them. Payloads are compared as ``bytes(p)``: the reader may
+hand out any bytes-like object.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stalwart._wire import FrameReader, frame_header
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from multiprocessing.connection import Connection
+
+pytestmark = pytest.mark.timeout(60)
+
+TIMEOUT = 30.0  # seconds; reached only when something hangs
+
+PAYLOADS = [
+    b"first",
+    b"",
+    bytes(range(256)),
+    b"\xff\xff\xff\xff",  # a payload that looks like the long-form marker
+    b"x" * 70_000,  # longer than one pipe read
+]
+
+
+def framed(payload: bytes) -> bytes:
+    return frame_header(len(payload)) + payload
+
+
+def long_form(payload: bytes) -> bytes:
+    """The 12-byte header Connection writes only past 2 GiB, around a small payload."""
+    return struct.pack("!i", -1) + struct.pack("!Q", len(payload)) + payload
+
+
+def as_bytes(frames: Iterable[Any]) -> list[bytes]:
+    """The payloads as bytes (an ``Unreadable`` in their place fails the test)."""
+    return [bytes(frame) for frame in frames]
+
+
+def feed_in_pieces(data: bytes, size: int) -> list[bytes]:
+    reader = FrameReader()
+    payloads = []
+    for start in range(0, len(data), size):
+        payloads += as_bytes(reader.feed(data[start : start + size]))
+    return payloads
+
+
+# ------------------------------------------------------------------- the header
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 65_536, 0x7FFFFFFF])
+def test_header_up_to_2_gib_is_a_4_byte_length(size: int) -> None:
+    assert frame_header(size) == struct.pack("!i", size)
+
+
+@pytest.mark.parametrize("size", [0x80000000, 5 * 2**30, 2**40])
+def test_header_past_2_gib_is_minus_one_then_an_8_byte_length(size: int) -> None:
+    assert frame_header(size) == struct.pack("!i", -1) + struct.pack("!Q", size)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: f"{len(p)}B")
+def test_header_is_what_connection_send_bytes_writes(payload: bytes) -> None:
+    reader_end, writer_end = multiprocessing.Pipe(duplex=False)
+    with reader_end, writer_end:
+        raw = _send_and_read_raw(
+            writer_end, reader_end, [payload], len(framed(payload))
+        )
+    assert raw == framed(payload)
+
+
+# ----------------------------------------------------------------- the reader
+
+
+def test_one_byte_at_a_time_gives_whole_payloads_in_order() -> None:
+    data = b"".join(framed(p) for p in PAYLOADS)
+    assert feed_in_pieces(data, 1) == PAYLOADS
+
+
+@pytest.mark.parametrize("piece", [2, 3, 5, 4095, 65_537])
+def test_any_cut_of_the_stream_gives_the_same_payloads(piece: int) -> None:
+    data = b"".join(framed(p) for p in PAYLOADS)
+    assert feed_in_pieces(data, piece) == PAYLOADS
+
+
+def test_several_frames_in_one_feed_all_come_out() -> None:
+    data = b"".join(framed(p) for p in PAYLOADS)
+    assert as_bytes(FrameReader().feed(data)) == PAYLOADS
+
+
+def test_a_feed_ending_mid_frame_keeps_the_rest_for_later() -> None:
+    reader = FrameReader()
+    data = framed(b"whole") + framed(b"split across feeds")
+    cut = len(framed(b"whole")) + 6  # inside the second frame's payload
+    assert as_bytes(reader.feed(data[:cut])) == [b"whole"]
+    assert as_bytes(reader.feed(data[cut:])) == [b"split across feeds"]
+    assert reader.feed(b"") == []
+
+
+def test_empty_payload_is_a_frame_of_its_own() -> None:
+    reader = FrameReader()
+    assert as_bytes(reader.feed(framed(b""))) == [b""]
+    assert as_bytes(reader.feed(framed(b"") * 3)) == [b"", b"", b""]
+
+
+def test_a_header_alone_completes_nothing() -> None:
+    reader = FrameReader()
+    assert reader.feed(frame_header(3)) == []
+    assert as_bytes(reader.feed(b"abc")) == [b"abc"]
+
+
+def test_long_form_header_with_a_small_payload_is_accepted() -> None:
+    data = framed(b"before") + long_form(b"small") + framed(b"after")
+    expected = [b"before", b"small", b"after"]
+    assert as_bytes(FrameReader().feed(data)) == expected
+    assert feed_in_pieces(data, 1) == expected
+
+
+def test_long_form_header_with_an_empty_payload_is_accepted() -> None:
+    assert feed_in_pieces(long_form(b"") + framed(b"next"), 1) == [b"", b"next"]
+
+
+def test_a_large_payload_cut_into_uneven_pieces_arrives_whole() -> None:
+    large = os.urandom(3 * 2**20 + 7)  # several MiB: past any "large frame" limit
+    data = framed(b"small") + framed(large) + framed(b"tail")
+    assert feed_in_pieces(data, 65_537) == [b"small", large, b"tail"]
+
+
+# ------------------------------------------------- against a real Connection
+
+
+def _send_and_read_raw(
+    writer_end: Connection,
+    reader_end: Connection,
+    payloads: Iterable[bytes],
+    expected_size: int,
+) -> bytes:
+    """Send ``payloads`` with ``send_bytes`` (from a thread: a large one blocks
+    until read) and read ``expected_size`` raw bytes from the other end's fd."""
+    failures: list[BaseException] = []
+
+    def send_all() -> None:
+        try:
+            for payload in payloads:
+                writer_end.send_bytes(payload)
+        except BaseException as exc:  # reported by the test, below
+            failures.append(exc)
+
+    sender = threading.Thread(target=send_all, name="test-wire-sender")
+    sender.start()
+    raw = bytearray()
+    try:
+        while len(raw) < expected_size:
+            assert reader_end.poll(TIMEOUT), f"only {len(raw)} bytes arrived"
+            raw += os.read(reader_end.fileno(), 65_536)
+    finally:
+        sender.join(TIMEOUT)
+    assert not sender.is_alive(), "send_bytes never returned"
+    assert not failures, failures
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("duplex", [True, False], ids=["socketpair", "os.pipe"])
+def test_frames_from_connection_send_bytes_round_trip(duplex: bool) -> None:
+    reader_end, writer_end = multiprocessing.Pipe(duplex=duplex)
+    payloads = [*PAYLOADS, os.urandom(2**21)]
+    expected_size = sum(len(framed(p)) for p in payloads)
+    with reader_end, writer_end:
+        raw = _send_and_read_raw(writer_end, reader_end, payloads, expected_size)
+    assert len(raw) == expected_size
+    assert as_bytes(FrameReader().feed(raw)) == payloads
+
+
+def test_frames_read_as_they_arrive_round_trip() -> None:
+    """Feed each raw read as it comes, as the parent's I/O loop does."""
+    reader_end, writer_end = multiprocessing.Pipe()
+    payloads = [f"reply {i}".encode() * (i + 1) for i in range(200)]
+    got: list[bytes] = []
+    reader = FrameReader()
+
+    def send_all() -> None:
+        for payload in payloads:
+            writer_end.send_bytes(payload)
+
+    sender = threading.Thread(target=send_all, name="test-wire-sender")
+    with reader_end, writer_end:
+        sender.start()
+        try:
+            while len(got) < len(payloads):
+                assert reader_end.poll(TIMEOUT), f"only {len(got)} payloads arrived"
+                data = os.read(reader_end.fileno(), 4096)
+                got += as_bytes(reader.feed(data))
+        finally:
+            sender.join(TIMEOUT)
+    assert got == payloads
