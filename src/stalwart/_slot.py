@@ -188,6 +188,24 @@ class WorkerSlot:
     def has_read(self, task: Task) -> bool:
         return task.seq <= self.acked_seq
 
+    def give_back(self, task: Task) -> None:
+        """``task`` left this worker unstarted (taken back): its budget returns."""
+        task.slot = None
+        if self.tasks_left is not None:
+            self.tasks_left += 1
+        if not self.in_flight:
+            self.idle_since = time.monotonic()
+        self.note_running()
+
+    def note_running(self) -> None:
+        """The oldest call in flight runs from now, once the worker has read it
+        (timeouts and stalls count from here)."""
+        head = self.in_flight[0] if self.in_flight else None
+        if head is None or not self.has_read(head):
+            self.running, self.running_since = None, None
+        elif self.running is not head:
+            self.running, self.running_since = head, time.monotonic()
+
     def is_idle(self) -> bool:
         return self.state is WorkerState.RUNNING and not self.in_flight
 
