@@ -82,10 +82,16 @@ class Ledger:
 
     def cancel_unstarted(self, slots: list[WorkerSlot], inbox: Inbox) -> None:
         """shutdown(cancel_futures=True): cancel every call not started, queued
-        here or sent ahead to a worker; those running finish."""
+        here or sent ahead to a worker; those running finish.
+
+        A worker still starting keeps the one call reserved for it, as the
+        stdlib's call queue feeds its starting workers: that call runs (at most
+        one per worker escapes, within the stdlib's max_workers + 1).
+        """
         inbox.cancel_asked = False
         for slot in slots:
-            for task in list(slot.in_flight):
+            reserved = 1 if slot.starting else 0
+            for task in list(slot.in_flight)[reserved:]:
                 task.future.cancel()  # revokes it in the worker if not started
         pending = inbox.pending
         for task in list(pending):

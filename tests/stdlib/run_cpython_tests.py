@@ -384,6 +384,7 @@ def run(args: argparse.Namespace) -> int:
             print(test.id(), f"  [skip: {why}]" if why else "")
         return 0
 
+    _start_process_wide_helpers(args.start_method)
     events = open(args.events, "w", encoding="utf-8") if args.events else None  # noqa: SIM115
     try:
         started = time.monotonic()
@@ -429,6 +430,22 @@ def run(args: argparse.Namespace) -> int:
     for outcome, why in bad:
         print(f"{why}: {outcome['id']}")
     return 1 if bad else 0
+
+
+def _start_process_wide_helpers(start_method: str) -> None:
+    """Start what stalwart (and multiprocessing) start once per process, on first
+    use, and keep by design: stalwart's spawner thread (workers are started from
+    one long-lived thread so the kernel's parent-death signal outlives the I/O
+    threads) and the start method's own helpers. Otherwise the stdlib's
+    per-test leak check would blame whichever test happened to start them."""
+    import stalwart
+    from tests.stdlib import cpython
+
+    if start_method == cpython.THREAD_MODE:
+        return
+
+    with stalwart.ProcessPoolExecutor(1, mp_context=start_method) as ex:
+        ex.submit(abs, -1).result()
 
 
 def _unused_skips(used: set[str]) -> set[str]:

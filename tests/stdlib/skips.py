@@ -66,16 +66,10 @@ SKIPS: dict[str, str] = {
         "Semaphore's method, which stalwart refuses in submit() (contract 2; the "
         "stdlib fails those tasks later, and the test never reads them)"
     ),
-    "*ProcessPoolExecutorTest.test_idle_process_reuse_one": _INTERNALS.format(
-        what="executor._processes (the worker count)"
-    ),
-    "*ProcessPoolExecutorTest.test_idle_process_reuse_multiple": _INTERNALS.format(
-        what="executor._processes (the worker count)"
-    ),
-    "*ProcessPoolExecutorTest.test_max_tasks_per_child": (
-        "reads executor._processes (the worker count) and, under fork, asserts the "
-        "stdlib's refusal of fork + max_tasks_per_child, which stalwart supports "
-        "(it replaces workers from its dispatcher under every start method)"
+    "*ProcessPoolForkProcessPoolExecutorTest.test_max_tasks_per_child": (
+        "under fork, asserts the stdlib's refusal of fork + max_tasks_per_child, "
+        "which stalwart supports (it replaces workers from its dispatcher under "
+        "every start method)"
     ),
     "*ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context": (
         "reads executor._mp_context and asserts the stdlib's 'spawn' default; "
