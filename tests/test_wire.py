@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stalwart import _wire
 from stalwart._wire import FrameReader, frame_header
 
 if TYPE_CHECKING:
@@ -205,3 +206,59 @@ def test_frames_read_as_they_arrive_round_trip() -> None:
         finally:
             sender.join(TIMEOUT)
     assert got == payloads
+
+
+# -- batches and replies ----------------------------------------------------------------
+
+
+def test_a_batch_round_trips_ids_sequence_numbers_and_calls() -> None:
+    calls = [b"first", b"", b"x" * 70_000]
+    chunks = _wire.encode_batch([(7, 1, calls[0]), (8, 2, calls[1]), (9, 3, calls[2])])
+    (payload,) = FrameReader().feed(b"".join(chunks))
+    decoded = [(i, seq, bytes(call)) for i, seq, call in _wire.decode_batch(payload)]
+    assert decoded == [(7, 1, calls[0]), (8, 2, calls[1]), (9, 3, calls[2])]
+
+
+def test_the_reset_frame_is_a_batch_of_no_calls() -> None:
+    (payload,) = FrameReader().feed(_wire.RESET_FRAME)
+    assert list(_wire.decode_batch(payload)) == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [5, (), ("nonsense",), (_wire.RESULT, "not an id", 1, 0.1), (_wire.RECEIVED,)],
+)
+def test_a_reply_of_an_unknown_shape_is_refused_not_trusted(reply: object) -> None:
+    with pytest.raises(ValueError, match="worker sent"):
+        _wire.decode_reply(reply)
+
+
+def test_an_error_that_rebuilt_as_a_non_exception_still_fails_as_an_exception() -> None:
+    succeeded, error = _wire.outcome((_wire.ERROR, 1, 5, "traceback text", 0.1))
+    assert not succeeded
+    assert isinstance(error, BaseException)
+    assert "int" in str(error)
+
+
+def test_a_frame_too_large_to_hold_becomes_unreadable_and_the_stream_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No memory for one large reply fails that reply; the frames after it
+    still arrive whole (the pipe stays in step)."""
+    real_bytearray = bytearray
+
+    def no_room_for_large(*args: Any) -> bytearray:
+        if args and isinstance(args[0], int) and args[0] >= _wire.LARGE_FRAME:
+            raise MemoryError
+        return real_bytearray(*args)
+
+    monkeypatch.setattr(_wire, "bytearray", no_room_for_large, raising=False)
+    large = b"L" * (_wire.LARGE_FRAME + 10)
+    stream = frame_header(len(large)) + large + frame_header(5) + b"after"
+    reader = FrameReader()
+    frames: list[Any] = []
+    for start in range(0, len(stream), 4096):
+        frames.extend(reader.feed(stream[start : start + 4096]))
+    assert isinstance(frames[0], _wire.Unreadable)
+    assert isinstance(frames[0].error, MemoryError)
+    assert [bytes(f) for f in frames[1:]] == [b"after"]
