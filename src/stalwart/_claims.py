@@ -94,6 +94,8 @@ class ClaimTable:
     def revoke(self, seq: int) -> bool:
         """Take call ``seq`` back; False if the worker has already started it."""
         with self._thread_lock:
+            if self.fd < 0:
+                return False  # closed: its worker has ended and been settled
             if not self._lock_with_deadline():
                 return False
             try:
@@ -121,12 +123,13 @@ class ClaimTable:
 
     def close(self) -> None:
         """Unmap and close (idempotent); the worker keeps its own mapping."""
-        if self.fd < 0:
-            return
-        self._words.release()
-        self._map.close()
-        os.close(self.fd)
-        self.fd = -1
+        with self._thread_lock:
+            if self.fd < 0:
+                return
+            self._words.release()
+            self._map.close()
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _attach(fd: Any) -> ClaimTable:

@@ -139,6 +139,7 @@ class Endings:
             self.deaths_to_replace += 1
         if was is WorkerState.KILLING and head is not None and head is slot.overdue:
             slot.in_flight.popleft()
+            self.ledger.claim(head)  # it ran: RUNNING, if no poll had seen it yet
             head.slot = None
             error = _outcomes.timed_out(slot.pid, head)
             logger.warning("%s", error)
