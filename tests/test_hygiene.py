@@ -71,3 +71,23 @@ def test_shutdown_releases_every_fd_and_thread(mp_context: str, wait: bool) -> N
         10,
     )
     assert all("shut down" in repr(ex) for ex in executors)
+
+
+def test_executors_that_never_ran_a_task_hold_no_fds() -> None:
+    """An executor opens its pipes with its first task; one that never ran a
+    task, shut down or just dropped, leaves no fd (each used to leak two)."""
+    import gc
+
+    with stalwart.ProcessPoolExecutor(2):
+        pass  # imports and process-wide state settle before counting
+    fds_before = open_fds()
+
+    for _ in range(200):
+        with stalwart.ProcessPoolExecutor(2):
+            pass
+    for _ in range(50):
+        stalwart.ProcessPoolExecutor(2)  # dropped without shutdown()
+    gc.collect()
+
+    grown = {fd: t for fd, t in open_fds().items() if fds_before.get(fd) != t}
+    assert not grown, f"{len(grown)} fds left open, e.g. {sorted(grown.items())[:6]}"

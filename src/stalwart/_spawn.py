@@ -63,7 +63,31 @@ def start_worker_process(
     # Recorded before it starts: a fork in another thread meanwhile must find it.
     _started.add(process)
     _spawner.start(process)
+    _give_kill_to(process)
     return process
+
+
+def _give_kill_to(process: BaseProcess) -> None:
+    """loky's Popen has ``terminate()`` but no ``kill()``, which
+    ``Process.kill()`` calls: code that reads ``executor._processes`` (CPython's
+    own tests among it) kills workers that way."""
+    popen = getattr(process, "_popen", None)
+    if popen is None or hasattr(popen, "kill"):
+        return
+
+    # By weak reference: a cycle through the Popen would keep the worker's
+    # sentinel fd open until the garbage collector ran (loky closes it when
+    # the Popen is collected).
+    popen_ref = weakref.ref(popen)
+    pid = popen.pid
+
+    def kill() -> None:
+        alive = popen_ref()
+        if alive is not None and alive.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    popen.kill = kill
 
 
 def kill_worker_tree(process: BaseProcess) -> None:
