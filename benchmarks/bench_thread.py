@@ -20,7 +20,7 @@ region. Repetitions are interleaved, their order rotating each time; figures are
 medians and ratios are ratios of medians, always as speed (above 1: stalwart is
 faster; for the I/O case, the stdlib's wall time over stalwart's). DESIGN.md sets
 no bar for the thread pool; the bars here are ours and mean "no regression worth
-the name": stalwart at least 0.8x the stdlib wherever code runs unchanged, and
+the name": stalwart at least 0.95x the stdlib wherever code runs unchanged, and
 ``chunksize="auto"``, the one thing a user changes to go faster, at least as fast
 as the stdlib's ``map``.
 """
@@ -46,8 +46,9 @@ IO_WORKERS = 20
 TASKS, QUICK_TASKS = 20_000, 4_000
 ITEMS, QUICK_ITEMS = 200_000, 40_000
 IO_TASKS, IO_SLEEP_S = 200, 0.01
-NO_REGRESSION_BAR = 0.8
-"""Ours (DESIGN.md has no thread bar): stalwart >= 0.8x the stdlib, unchanged code."""
+NO_REGRESSION_BAR = 0.95
+"""Ours (DESIGN.md has no thread bar): stalwart >= 0.95x the stdlib, unchanged code:
+switching the import must cost nothing measurable, within this machine's noise."""
 AUTO_BAR = 1.0
 """Ours: stalwart ``map(chunksize="auto")`` >= 1x the stdlib's ``map``."""
 RESULT_TIMEOUT_S = 300.0

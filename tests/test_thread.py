@@ -417,6 +417,78 @@ def test_check_pickle_must_be_a_bool() -> None:
         stalwart.ThreadPoolExecutor(check_pickle="yes")  # type: ignore[arg-type]
 
 
+# -- reuse: whose state a thread carries ------------------------------------------
+
+
+def echo_state(_: str, value: Any) -> Any:
+    """An initializer whose state is its second argument, the very object."""
+    return value
+
+
+def state_after_each_block(token: str, values: list[Any]) -> list[tuple[Any, int]]:
+    """One ``reuse=True`` block of one thread per value, in turn, each built with
+    ``initargs=(token, value)``; what worker_state() was in each, and how many
+    threads it adopted. The threads parked are ended before returning."""
+    seen = []
+    settings: dict[str, Any] = {
+        "max_workers": 1,
+        "initializer": echo_state,
+        "reuse": True,
+        "idle_timeout": TIMEOUT,  # only adoption, never a timeout, decides
+    }
+    try:
+        for value in values:
+            with stalwart.ThreadPoolExecutor(initargs=(token, value), **settings) as ex:
+                state = ex.submit(stalwart.worker_state).result(timeout=TIMEOUT)
+            seen.append((state, ex.stats().workers_reused))
+    finally:
+        for value in values:  # adopt what is parked and end it: nothing leaks
+            stalwart.ThreadPoolExecutor(initargs=(token, value), **settings).shutdown(
+                kill_workers=True
+            )
+    return seen
+
+
+def test_reuse_gives_equal_but_different_initargs_each_their_own_state(
+    tmp_path: Any,
+) -> None:
+    # 1 == True == 1.0, but an initializer may well build different state from
+    # each: none may adopt the thread another one parked.
+    seen = state_after_each_block(str(tmp_path), [1, True, 1.0, 1])
+    assert [(type(state), reused) for state, reused in seen] == [
+        (int, 0),
+        (bool, 0),
+        (float, 0),
+        (int, 1),  # the same initargs again: the first block's thread
+    ]
+
+
+def test_reuse_gives_a_distinct_but_equal_mutable_initarg_its_own_state(
+    tmp_path: Any,
+) -> None:
+    # The thread's state is the list itself: adopting the first block's thread
+    # would hand the second block a list it never passed.
+    first: list[str] = []
+    second: list[str] = []
+    seen = state_after_each_block(str(tmp_path), [first, second, first])
+    assert [(state is first, reused) for state, reused in seen] == [
+        (True, 0),
+        (False, 0),
+        (True, 1),
+    ]
+    assert seen[1][0] is second
+
+
+def test_reuse_knows_an_unpicklable_initarg_by_identity(tmp_path: Any) -> None:
+    first, second = threading.Lock(), threading.Lock()
+    seen = state_after_each_block(str(tmp_path), [first, second, first])
+    assert [(state, reused) for state, reused in seen] == [
+        (first, 0),
+        (second, 0),
+        (first, 1),
+    ]
+
+
 # -- many at once ------------------------------------------------------------------
 
 

@@ -20,28 +20,31 @@ block inside a loop pays for worker start-up and the initializer only once::
 * Thread workers park themselves: the thread waits, its ``worker_state()``
   intact, until an executor adopts it or its idle timeout passes.
 
-Keys compare by value where the value is what the worker got: the initializer
-call as pickled (process) or the initializer and its initargs (thread, by
-equality when hashable). Objects that can only be compared by identity (a
-multiprocessing queue in ``initargs``) are held by the parked entry, so their
-ids cannot be reused while it is parked.
+Keys compare the initializer call as pickled, for processes and threads alike:
+``(1,)``, ``(True,)`` and ``(1.0,)`` are equal by ``==`` but may build other
+state. A thread gets the very objects, so for threads what compares only by
+identity (a list, a model, a closure) must also be the same object. Objects
+known by identity (a multiprocessing queue in ``initargs``) are held by the
+parked entry, so their ids cannot be reused while it is parked.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import sys
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for_sentinels
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from stalwart import _spawn, _wire
+from stalwart import _pickling, _spawn, _wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -357,14 +360,39 @@ THREADS: _ThreadWarmSet[Any] = _ThreadWarmSet()
 def thread_key(
     initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
 ) -> tuple[Hashable, tuple[Any, ...]]:
-    """(key, keepalive) for a thread pool's initializer: by equality when it
-    hashes, else by identity (and then the objects must be kept alive)."""
+    """(key, keepalive) for a thread pool's initializer: only calls that would
+    build the same state share a key.
+
+    By the call as pickled, as the process pool compares it: ``(1,)``,
+    ``(True,)`` and ``(1.0,)`` are equal by ``==``, yet an initializer may
+    build different state from each, and their pickles differ. And unlike a
+    worker process, a thread's initializer gets the very objects, so what
+    compares by identity (a list, a model, a closure: no hash, or the default
+    one) must also be the same object; those are held alive while keyed. What
+    cannot be pickled at all is known by identity alone. The key holds a
+    digest, not the pickle, so a large initarg is not kept twice meanwhile.
+    """
+
+    def by_identity(obj: Any) -> tuple[Any, ...]:
+        if isinstance(obj, types.MethodType):
+            # A new object at each attribute access: its instance is what counts.
+            return (obj.__self__, obj.__func__)
+        try:
+            hash(obj)
+        except TypeError:
+            return (obj,)
+        hasher: object = type(obj).__hash__
+        return (obj,) if hasher is object.__hash__ else ()
+
+    objects = (initializer, *initargs)
     try:
-        hash((initializer, initargs))
-    except TypeError:
-        objects = (initializer, *initargs)
+        call = _pickling.dumps((initializer, initargs))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - whatever pickling raises: not picklable
         return ("identity", identity_key(objects)), objects
-    return ("equal", initializer, initargs), ()
+    shared = tuple(part for obj in objects for part in by_identity(obj))
+    return ("pickled", hashlib.sha256(call).digest(), identity_key(shared)), shared
 
 
 def _on_interpreter_exit() -> None:

@@ -6,14 +6,20 @@ Data flow::
     submit(fn, *args)                                   caller's thread
       | check_pickle=True: _pickling.serialize_call(), bytes discarded
       v
-    _WorkItem --> _Pool.queue (a deque under _Pool.lock)
-      |             |  work_ready.notify(); a new thread only when the queue
-      |             |  outgrows the idle workers (up to max_workers)
-      v             v
-    worker thread "<prefix>_<n>": initializer once -> worker_state(),
-      then pop, claim the future, run fn, resolve the future; exits after
-      max_tasks_per_child tasks, at shutdown once the queue is empty, or
-      when the pool breaks.
+    ThreadFuture (the future returned, carrying the call)
+      |
+      +--(_Pool.lock)--+--> an idle worker's `next_item` (the last to go idle),
+      |                |      woken by releasing its own `wakeup` lock
+      |                +--> else _Pool.queue (a deque), and a new thread when
+      |                       the queue outgrows the threads still starting
+      v                       (up to max_workers)
+    worker thread "<prefix>_<n>": initializer once -> worker_state(), then
+      per task: claim the future (RUNNING), run fn, then one trip through
+      _Pool.lock counts the outcome and takes the next queued future or joins
+      the idle workers; the call is dropped and the future resolves after
+      that. The thread exits after max_tasks_per_child tasks, at shutdown once
+      the queue is empty, or when the pool breaks; with reuse=True it parks in
+      _reuse.THREADS instead.
 
     watchdog thread "<prefix>_watchdog" (one per pool, started with the first
     task that has a task_timeout): waits on `deadlines_changed` until the
@@ -22,18 +28,28 @@ Data flow::
     work is waiting (or on the next submit()).
 
 Every decision that could race (a task finishing just as its deadline passes,
-a worker going idle just as work arrives) is taken under ``_Pool.lock``; futures
-are resolved outside it, since their callbacks run user code that may submit.
+a worker going idle just as work arrives) is taken under ``_Pool.lock``. No
+future is ever claimed, cancelled or resolved under it: a future's callbacks
+run user code, which may submit() or shut the executor down, and would
+deadlock on the lock. The idle worker waits on a lock of its own, not on a
+``threading.Condition``: one C-level acquire and release per hand-off, and no
+trip through ``_Pool.lock`` to wake up.
 
 Worker threads are daemon threads, so that an abandoned thread stuck in a task
 never blocks interpreter exit; an exit hook still finishes the submitted work,
 as the stdlib's non-daemon workers do, by shutting every pool down and waiting
 for its (non-abandoned) workers.
+
+A forked child inherits executors whose threads exist only in the parent (and
+whose locks a parent thread may have held at the fork): there they are inert.
+``shutdown()`` returns at once and touches nothing; ``submit()`` says to create
+a new executor in the child.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import logging
 import math
@@ -81,40 +97,82 @@ class _ThreadInitializerError(InitializerError, BrokenThreadPool):
     """
 
 
-class _WorkItem:
-    """One submitted call and its future."""
+class ThreadFuture(Future[Any]):
+    """The future ``submit()`` returns, carrying its call until a thread has
+    run it (or it was cancelled): then the call is dropped.
 
-    __slots__ = ("args", "fn", "future", "kwargs", "timeout")
+    One object, not a future and a work item: ``map()`` over many items keeps
+    every one of them alive at once, and the garbage collector's full passes,
+    which visit each, are most of what a tiny task costs there.
+    """
+
+    __slots__ = ("args", "fn", "kwargs", "timeout")
 
     def __init__(
         self,
-        future: Future[Any],
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> None:
-        self.future = future
+        Future.__init__(self)
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.timeout = timeout  # task_timeout, in seconds of running
 
+    def drop_call(self) -> None:
+        """Forget fn and its arguments: it ran, or never will. The caller alone
+        decides how long they stay alive, as with the stdlib's futures."""
+        del self.fn, self.args, self.kwargs
+
     def describe(self) -> str:
+        """The call, for messages; only while it is still attached."""
         return _map.describe(self.fn, self.args, self.kwargs)
 
 
 class _Worker:
-    """One worker thread and the task it is running."""
+    """One worker thread: the task it runs, and how it is handed the next one.
 
-    __slots__ = ("abandoned", "deadline", "item", "tasks_left", "thread")
+    Its thread owns it, except for what others reach under ``_Pool.lock``:
+    whoever takes it off ``_Pool.idle_workers`` writes ``next_item`` and then
+    releases ``wakeup``; the watchdog reads ``item`` and ``deadline`` and sets
+    ``abandoned``; ``shutdown(cancel_futures=True)`` reads ``next_item``. The
+    thread clears ``next_item`` without the lock once it claimed the future: a
+    stale read then only makes shutdown cancel a running future, which fails.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "item",
+        "next_item",
+        "tasks_left",
+        "thread",
+        "wakeup",
+    )
 
     def __init__(self, tasks_left: int | None) -> None:
         self.thread: threading.Thread | None = None
-        self.item: _WorkItem | None = None  # running now
+        self.item: ThreadFuture | None = None  # running now, with a task_timeout
         self.deadline: float | None = None  # monotonic; when `item` times out
         self.tasks_left = tasks_left  # None: unlimited
         self.abandoned = False  # timed out: its result is discarded, it exits
+        # What it runs next, not claimed yet: taken from the queue, or handed
+        # over while idle (None then: look again). Its future is still
+        # cancellable, so shutdown(cancel_futures=True) looks here too.
+        self.next_item: ThreadFuture | None = None
+        # Held while the thread is idle; releasing it wakes the thread. A plain
+        # C lock: the cheapest hand-off there is (a Condition is Python code).
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+
+
+class _Step(enum.Enum):
+    """A worker's next step when it is not a task (None: wait, idle)."""
+
+    LEAVE = "leave"  # the pool is done with it: park or retire, once it resolved
+    ENDED = "ended"  # retired already (max_tasks_per_child): the thread exits
 
 
 class _Breakage:
@@ -147,6 +205,14 @@ class _Pool:
     Kept apart from the executor so that no thread holds a reference to it: an
     executor dropped without ``shutdown()`` is collected, which shuts the pool
     down here (as the stdlib does).
+
+    Every attribute below that changes is read and written under ``lock`` by
+    whichever thread (submitter, worker, watchdog, shutdown) holds it. Read
+    without it: ``owner_pid`` (set once); ``unstarted`` and ``doomed``, which a
+    worker peeks at after each task (a stale look only defers ``settle()`` to
+    the next); ``shutdown_requested`` and ``broken``, for the stdlib's
+    ``_shutdown`` and ``_broken``; everything, in a forked child, where no
+    thread of the pool runs and the lock may have been held at the fork.
     """
 
     def __init__(
@@ -166,50 +232,61 @@ class _Pool:
         self.reuse = reuse
         self.stats = ExecutorStats()
         self.abandoned_to_replace = 0  # abandoned threads not replaced yet
+        # The process whose threads serve this pool; in a forked child the
+        # pool is inert (see _current_pid).
+        self.owner_pid = _current_pid
 
         self.lock = threading.Lock()
-        self.work_ready = threading.Condition(self.lock)  # idle workers wait here
         # The watchdog waits here for an earlier deadline; shutdown() waits here
         # for the workers to exit.
         self.deadlines_changed = threading.Condition(self.lock)
-        self.queue: collections.deque[_WorkItem] = collections.deque()
+        # Holds items only while no worker is idle: a worker looks here before
+        # going idle, and submit() hands work to an idle worker before queueing.
+        self.queue: collections.deque[ThreadFuture] = collections.deque()
+        self.idle_workers: list[_Worker] = []  # waiting on `wakeup`; last in, first out
         self.workers: set[_Worker] = set()  # started, not exited, not abandoned
-        # Workers that will take a queued item without a new thread starting:
-        # waiting, starting, or done with a task and about to look again. Counted
-        # before a finished task's future resolves, so a caller that submits on
-        # seeing the result finds the thread idle (the stdlib reuses it too).
-        self.idle = 0
+        # Threads planned, started or adopted that have not yet looked at the
+        # queue: each will take an item from it, so no further thread is needed
+        # for the first `starting` items queued.
+        self.starting = 0
         self.thread_numbers = itertools.count()
         self.exited: list[threading.Thread] = []  # retired, for shutdown to join
         self.watchdog: threading.Thread | None = None
         self.watchdog_wakes_at = math.inf
         self.shutdown_requested = False
         self.broken: _Breakage | None = None
-        self.doomed: list[_WorkItem] = []  # queued when the pool broke; to fail
+        self.doomed: list[ThreadFuture] = []  # queued when the pool broke; to fail
         self.unstarted: list[_Worker] = []  # planned threads, started without lock
 
     # -- called from user threads (lock held unless said otherwise) -------------
 
-    def enqueue(self, item: _WorkItem) -> None:
+    def enqueue(self, item: ThreadFuture) -> _Worker | None:
+        """Hand ``item`` to an idle worker, returned for the caller to wake once
+        the lock is released; or queue it, planning a thread if none will take it."""
         if self.broken is not None:
             raise self.broken.error()
         if self.shutdown_requested:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        self.queue.append(item)
         self.stats.tasks_submitted += 1
-        self.work_ready.notify()
-        self.plan_workers()
+        if self.idle_workers:
+            worker = self.idle_workers.pop()
+            worker.next_item = item
+            return worker
+        self.queue.append(item)
+        if len(self.queue) > self.starting and len(self.workers) < self.max_workers:
+            self.plan_workers()
+        return None
 
     def plan_workers(self) -> None:
-        """Plan threads until the idle ones cover the queue, up to max_workers.
+        """Plan threads until those starting cover the queue, up to max_workers.
 
         Lock held. They are started by ``start_planned()`` once the lock is
         released, so that a new thread can take its first task at once (as the
         stdlib's does) instead of waiting for the submitting thread.
         """
-        while len(self.queue) > self.idle and len(self.workers) < self.max_workers:
+        while len(self.queue) > self.starting and len(self.workers) < self.max_workers:
             worker = _Worker(self.max_tasks)
             worker.thread = threading.Thread(
                 target=_worker_thread,
@@ -220,7 +297,7 @@ class _Pool:
                 daemon=True,  # abandoned threads must not block exit; see _on_exit
             )
             self.workers.add(worker)
-            self.idle += 1
+            self.starting += 1
             self.unstarted.append(worker)
             self.stats.workers_started += 1
             if self.abandoned_to_replace:
@@ -240,7 +317,7 @@ class _Pool:
                 worker.thread = handle.thread
                 worker.thread.name = self.next_thread_name()
                 self.workers.add(worker)
-                self.idle += 1
+                self.starting += 1
                 workers.append(worker)
             self.stats.workers_reused += len(parked)
             if parked:
@@ -264,14 +341,14 @@ class _Pool:
             except Exception as exc:  # noqa: BLE001 - handled by the caller
                 with self.lock:
                     self.workers.discard(worker)
-                    self.idle -= 1
+                    self.starting -= 1
                     self.stats.workers_started -= 1
                     self.deadlines_changed.notify_all()
                     if not self.workers:
                         failure = exc
         return failure
 
-    def discard_queued(self, item: _WorkItem) -> bool:
+    def discard_queued(self, item: ThreadFuture) -> bool:
         """Take back an item no thread could be started for; False if taken."""
         with self.lock:
             try:
@@ -302,25 +379,53 @@ class _Pool:
         """Refuse new work; the queued work still runs unless cancelled. No lock.
 
         ``park=False``: idle threads end instead of parking (``reuse=True``).
+        Does nothing in a forked child (see ``ThreadPoolExecutor.shutdown``).
         """
+        if self.owner_pid != _current_pid:
+            return
         with self.lock:
             self.shutdown_requested = True
             if not park:
                 self.reuse = None
-            cancelled = list(self.queue) if cancel_futures else []
+            queued: list[ThreadFuture] = []
+            taken: list[ThreadFuture] = []
             if cancel_futures:
+                queued = list(self.queue)
                 self.queue.clear()
-            self.work_ready.notify_all()
+                # One read each: the worker clears it without the lock.
+                maybe_taken = [worker.next_item for worker in self.workers]
+                taken = [item for item in maybe_taken if item is not None]
+            self._wake_idle_workers()
             self.deadlines_changed.notify_all()
-        for item in cancelled:
-            item.future.cancel()
+        # Cancelled outside the lock: cancel() runs the done-callbacks, user
+        # code that may call submit() or shutdown() on this very executor.
+        cancelled = 0
+        for item in queued:
+            item.cancel()
             # Moves it to CANCELLED_AND_NOTIFIED: wait() and as_completed() count
             # a cancelled future as done only once the executor said so.
-            if not item.future.set_running_or_notify_cancel():
-                self.stats.tasks_cancelled += 1
+            if not item.set_running_or_notify_cancel():
+                cancelled += 1
+            item.drop_call()
+        for item in taken:
+            # The worker that took it claims it next: it finds it cancelled (and
+            # notifies and counts it), unless it started running it first.
+            item.cancel()
+        if cancelled:
+            with self.lock:
+                self.stats.tasks_cancelled += cancelled
+
+    def _wake_idle_workers(self) -> None:
+        """Wake every idle worker to look again (shutdown, break). Lock held."""
+        for worker in self.idle_workers:
+            worker.next_item = None
+            worker.wakeup.release()
+        self.idle_workers.clear()
 
     def join(self) -> None:
         """Wait for every non-abandoned worker, and the watchdog, to exit. No lock."""
+        if self.owner_pid != _current_pid:
+            return  # a forked child: those threads run in the parent only
         me = threading.current_thread()
         with self.lock:
             # A task calling shutdown() on its own pool waits for the others only.
@@ -352,21 +457,124 @@ class _Pool:
 
     def serve(self, worker: _Worker) -> _Parking | None:
         """Run tasks until the pool no longer needs this thread; then either
-        where to park it (``reuse=True``) or None: the thread exits."""
+        where to park it (``reuse=True``) or None: the thread exits.
+
+        The per-task path, kept to one trip through the lock: wait for a
+        hand-off (idle) or take the queued item, claim its future, run it, then
+        under the lock count the outcome and choose the next step, and only
+        then resolve the future.
+        """
+        lock = self.lock
+        with lock:
+            self.starting -= 1
+            step = self._next_step(worker)
         while True:
-            with self.lock:
-                item = self._next_item(worker)
-                if item is None:
+            if step is None:
+                # Idle, on `idle_workers` until whoever takes it from there
+                # releases `wakeup`: with an item, or None to look again.
+                worker.wakeup.acquire()
+                step = worker.next_item
+                if step is None:
+                    with lock:
+                        step = self._next_step(worker)
+                    continue
+            elif step is _Step.LEAVE:
+                # Only now, with its last future resolved: shutdown(wait=True)
+                # returns once no thread of the pool is left, so every future
+                # must be done by then.
+                with lock:
                     return self._park_or_retire(worker)
-            keep_going = self._run(worker, item)
-            # Dropped before waiting for the next item: the caller alone decides
-            # how long fn, its arguments and its result stay alive (stdlib).
-            del item
-            if not keep_going:
+            elif step is _Step.ENDED:
                 return None
+            future = step
+            del step
+            value: Any = None
+            succeeded: bool | None = None  # None: cancelled while queued, not run
+            # Claimed outside the lock: on a cancelled future this notifies its
+            # waiters, and no lock may be held where the future's code runs.
+            claimed = future.set_running_or_notify_cancel()
+            worker.next_item = None
+            if claimed:
+                if future.timeout is not None:
+                    self._start_clock(worker, future)
+                succeeded, value = _call(future.fn, future.args, future.kwargs)
+            with lock:
+                abandoned = worker.abandoned
+                if abandoned:
+                    pass
+                elif (
+                    succeeded
+                    and self.queue
+                    and worker.tasks_left is None
+                    and worker.deadline is None
+                ):
+                    # The common case, inline (two calls fewer per task): what
+                    # _finish() does for a task that ran without a deadline,
+                    # with no recycling to count and more work queued.
+                    self.stats.tasks_completed += 1
+                    worker.next_item = step = self.queue.popleft()
+                else:
+                    step = self._finish(worker, succeeded)
+            # Dropped only now: the watchdog describes an overdue call while
+            # its deadline is set, which the lock round above cleared.
+            future.drop_call()
+            if abandoned:
+                # Timed out: its future failed already; this result is discarded.
+                del future, value
+                return None
+            if self.unstarted or self.doomed:
+                self.settle()
+            if succeeded:
+                future.set_result(value)
+            elif succeeded is not None:
+                future.set_exception(value)
+            # A failure's traceback keeps this frame (the caller of _call) alive:
+            # it must not hold the future, or the two would form a reference
+            # cycle. Dropped before the next wait, too: the caller alone decides
+            # how long the result stays alive (stdlib).
+            del future, value
+
+    def _next_step(self, worker: _Worker) -> ThreadFuture | _Step | None:
+        """The worker's next item; None: it is idle now; or leave. Lock held."""
+        if self.queue:
+            worker.next_item = item = self.queue.popleft()
+            return item
+        if self._should_exit():
+            return _Step.LEAVE
+        self.idle_workers.append(worker)
+        return None
+
+    def _finish(
+        self, worker: _Worker, succeeded: bool | None
+    ) -> ThreadFuture | _Step | None:
+        """Count a task's outcome (None: cancelled, not run); then the worker's
+        next step. Lock held.
+
+        Runs before the task's future resolves: a caller that submits on
+        seeing the result finds this thread idle (the stdlib reuses it too).
+        """
+        worker.item = worker.deadline = None
+        stats = self.stats
+        if succeeded is None:
+            stats.tasks_cancelled += 1
+            return self._next_step(worker)
+        if succeeded:
+            stats.tasks_completed += 1
+        else:
+            stats.tasks_failed += 1
+        if worker.tasks_left is not None:
+            worker.tasks_left -= 1
+            if worker.tasks_left == 0:
+                stats.workers_recycled += 1
+                # Retired now, so that its replacement starts at once; join()
+                # still waits for the thread itself, which resolves first.
+                self._retire(worker)
+                self.plan_workers()
+                return _Step.ENDED
+        return self._next_step(worker)
 
     def _park_or_retire(self, worker: _Worker) -> _Parking | None:
-        """The pool is done with this idle thread. Lock held.
+        """The pool is done with this thread, idle, its last future resolved. Lock held.
 
         With ``reuse=True`` it goes to the warm set, registered there before
         ``join()`` can return, so the next executor finds it.
@@ -390,61 +598,8 @@ class _Pool:
         self._retire(worker)
         return None
 
-    def _next_item(self, worker: _Worker) -> _WorkItem | None:
-        """The next item to run, claimed (RUNNING); None: time to exit. Lock held."""
-        while True:
-            while not self.queue and not self._should_exit():
-                self.work_ready.wait()
-            if self.broken is not None or not self.queue:
-                self.idle -= 1
-                return None
-            item = self.queue.popleft()
-            if not item.future.set_running_or_notify_cancel():
-                self.stats.tasks_cancelled += 1
-                continue  # cancelled while queued
-            self.idle -= 1
-            worker.item = item
-            if item.timeout is not None:
-                worker.deadline = deadline = time.monotonic() + item.timeout
-                self._watch_deadline(deadline)
-            return item
-
     def _should_exit(self) -> bool:
         return self.shutdown_requested or self.broken is not None
-
-    def _run(self, worker: _Worker, item: _WorkItem) -> bool:
-        """Run one item; False when this thread must exit now."""
-        succeeded, value = _call(item.fn, item.args, item.kwargs)
-        with self.lock:
-            if worker.abandoned:
-                return False  # timed out: its future failed already; discard this
-            worker.item = worker.deadline = None
-            recycle = False
-            if worker.tasks_left is not None:
-                worker.tasks_left -= 1
-                recycle = worker.tasks_left == 0
-            if recycle:
-                self.stats.workers_recycled += 1
-                self._retire(worker)
-                self.plan_workers()
-            else:
-                self.idle += 1
-            if succeeded:
-                self.stats.tasks_completed += 1
-            else:
-                self.stats.tasks_failed += 1
-        if self.unstarted or self.doomed:
-            self.settle()
-        future = item.future
-        # A failure's traceback keeps this frame (the caller of _call) alive:
-        # it must not hold the future, or the two would form a reference cycle.
-        del item
-        if succeeded:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-        del future, value
-        return not recycle
 
     def _retire(self, worker: _Worker) -> None:
         """The worker's thread is exiting by itself. Lock held."""
@@ -468,7 +623,7 @@ class _Pool:
             traceback.format_exception(type(exc), exc, exc.__traceback__)
         )
         with self.lock:
-            self.idle -= 1
+            self.starting -= 1
             self._retire(worker)
             if self.broken is None:
                 self._break(_Breakage(message, exc, remote_traceback))
@@ -482,7 +637,7 @@ class _Pool:
         self.broken = breakage
         self.doomed.extend(self.queue)
         self.queue.clear()
-        self.work_ready.notify_all()
+        self._wake_idle_workers()
         self.deadlines_changed.notify_all()
 
     def fail_doomed(self) -> None:
@@ -491,17 +646,28 @@ class _Pool:
         with self.lock:
             items, self.doomed = self.doomed, []
             breakage = self.broken
-        # One lock round for the counts; the futures resolve outside it (their
-        # callbacks run user code, which may submit).
-        failing = [item for item in items if item.future.set_running_or_notify_cancel()]
+        if not items:
+            return
+        for item in items:
+            item.drop_call()
+        failing = [item for item in items if item.set_running_or_notify_cancel()]
+        # One lock round for the counts; the futures resolve outside it.
         with self.lock:
             self.stats.tasks_failed += len(failing)
             self.stats.tasks_cancelled += len(items) - len(failing)
         for item in failing:
             assert breakage is not None
-            item.future.set_exception(breakage.error())
+            item.set_exception(breakage.error())
 
     # -- task timeouts --------------------------------------------------------------
+
+    def _start_clock(self, worker: _Worker, item: ThreadFuture) -> None:
+        """Give the watchdog the deadline of the task ``worker`` starts now. No lock."""
+        assert item.timeout is not None
+        with self.lock:
+            worker.item = item
+            worker.deadline = deadline = time.monotonic() + item.timeout
+            self._watch_deadline(deadline)
 
     def _watch_deadline(self, deadline: float) -> None:
         """Make the watchdog wake up by `deadline`. Lock held."""
@@ -529,19 +695,23 @@ class _Pool:
                     wait_s = self.watchdog_wakes_at - time.monotonic()
                     self.deadlines_changed.wait(None if math.isinf(wait_s) else wait_s)
                     continue
-            # The overdue futures fail before a replacement can run the next task.
-            for worker, item in overdue:
-                _fail_overdue(worker, item)
+            # The overdue futures fail (logged, outside the lock: handlers are
+            # user code) before a replacement can run the next task.
+            for item, error in overdue:
+                logger.warning("%s", error)
+                item.set_exception(error)
             self.settle()
 
-    def _abandon_overdue_workers(self) -> list[tuple[_Worker, _WorkItem]]:
+    def _abandon_overdue_workers(self) -> list[tuple[ThreadFuture, TaskTimeoutError]]:
+        """Abandon the workers past their deadline; each one's future and the
+        error it is to fail with. Lock held: the call is still attached."""
         now = time.monotonic()
         overdue = []
         for worker in list(self.workers):
             if worker.deadline is None or worker.deadline > now:
                 continue
             assert worker.item is not None
-            overdue.append((worker, worker.item))
+            overdue.append((worker.item, _overdue_error(worker, worker.item)))
             # Threads cannot be killed: this one runs on until the call returns,
             # then sees `abandoned`, drops the result and exits.
             worker.abandoned = True
@@ -610,10 +780,12 @@ def _call(
         return False, exc
 
 
-def _fail_overdue(worker: _Worker, item: _WorkItem) -> None:
+def _overdue_error(worker: _Worker, item: ThreadFuture) -> TaskTimeoutError:
     assert worker.thread is not None
+    assert item.timeout is not None
+    task = item.describe()
     message = (
-        f"{item.describe()} ran longer than its task_timeout of {item.timeout:g} s "
+        f"{task} ran longer than its task_timeout of {item.timeout:g} s "
         f"in worker thread {worker.thread.name!r}, so its future failed. A thread "
         "cannot be killed: it was abandoned (the call runs on in the background "
         "and its result will be discarded) and a replacement thread takes its "
@@ -621,10 +793,7 @@ def _fail_overdue(worker: _Worker, item: _WorkItem) -> None:
         "check a deadline of its own; use stalwart.ProcessPoolExecutor to have "
         "overdue tasks killed."
     )
-    logger.warning("%s", message)
-    item.future.set_exception(
-        TaskTimeoutError(message, timeout=item.timeout, pid=None, task=item.describe())
-    )
+    return TaskTimeoutError(message, timeout=item.timeout, pid=None, task=task)
 
 
 class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
@@ -672,8 +841,9 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             running it, not from submit()); see above.
         reuse: at ``shutdown()``, park the idle threads, ``worker_state()``
             and all, for the next ``reuse=True`` thread pool with the same
-            initializer, initargs (equal, or the same objects when they cannot
-            be hashed) and ``max_tasks_per_child`` to adopt at once.
+            initializer, initargs and ``max_tasks_per_child`` to adopt at once.
+            The same: values that pickle alike (``1`` and ``True`` do not), and
+            the very objects where identity counts (a list, a lock, a closure).
         idle_timeout: seconds a parked thread waits to be adopted before it
             exits (default 60); no effect without ``reuse=True``.
         check_pickle: pre-check every call's picklability in ``submit()``.
@@ -741,7 +911,8 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         """Schedule ``fn(*args, **kwargs)`` on a worker thread; return its Future.
 
         Raises:
-            RuntimeError: the executor was shut down.
+            RuntimeError: the executor was shut down, or this is a child forked
+                from the process that created it (create one in the child).
             BrokenThreadPool: the initializer failed (``stalwart.InitializerError``).
             stalwart.PicklingError: with ``check_pickle=True``, the call could not
                 be sent to a worker process.
@@ -756,15 +927,23 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         action: str,
         task_timeout: float | None,
     ) -> Future[R]:
+        pool = self._pool
+        if pool.owner_pid != _current_pid:
+            raise _inherited_error(pool, action)
         if self._check_pickle:
             _pickling.serialize_call(fn, args, kwargs, action=action, by_value=False)
-        future: Future[R] = Future()
-        item = _WorkItem(future, fn, args, kwargs, task_timeout)
-        pool = self._pool
+        item = ThreadFuture(fn, args, kwargs, task_timeout)
+        future: Future[R] = item
         with pool.lock:
-            pool.enqueue(item)
+            idle_worker = pool.enqueue(item)
             must_start = bool(pool.unstarted)
-        # Most submits find a thread idle: no second trip through the lock.
+        if idle_worker is not None:
+            # Woken once the lock is free: it runs the task without it, but
+            # would otherwise find it held at its next step.
+            idle_worker.wakeup.release()
+            return future
+        # Most submits find a thread idle or starting: no second trip through
+        # the lock.
         failure = pool.start_planned() if must_start else None
         if failure is not None and pool.discard_queued(item):
             raise RuntimeError(
@@ -783,7 +962,9 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
     ) -> None:
         """Stop accepting work; running and queued work still completes.
 
-        With ``reuse=True`` the idle threads are then parked, not ended.
+        With ``reuse=True`` the idle threads are then parked, not ended. In a
+        child forked from the process that created the executor, where its
+        threads do not exist, this returns at once and does nothing.
 
         Args:
             wait: block until the submitted work is done and the threads exited
@@ -807,8 +988,13 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         its own. ``workers_replaced`` counts threads started in place of
         abandoned ones (``task_timeout``).
         """
-        with self._pool.lock:
-            return self._pool.stats.snapshot()
+        pool = self._pool
+        if pool.owner_pid != _current_pid:
+            # A forked child: no thread of its changes these, and the lock may
+            # have been held by a parent thread at the fork.
+            return pool.stats.snapshot()
+        with pool.lock:
+            return pool.stats.snapshot()
 
     def __exit__(
         self,
@@ -837,28 +1023,44 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
     @property
     def _threads(self) -> frozenset[threading.Thread]:  # type: ignore[override]
         """The stdlib's view of the worker threads: those running or idle now."""
-        with self._pool.lock:
-            return frozenset(
-                w.thread for w in self._pool.workers if w.thread is not None
-            )
+        pool = self._pool
+        if pool.owner_pid != _current_pid:
+            return frozenset()  # a forked child: they run in the parent only
+        with pool.lock:
+            return frozenset(w.thread for w in pool.workers if w.thread is not None)
 
     def __repr__(self) -> str:
         pool = self._pool
-        state = (
-            "broken"
-            if pool.broken
-            else ("shut down" if pool.shutdown_requested else "running")
-        )
+        if pool.owner_pid != _current_pid:
+            state = f"inherited from process {pool.owner_pid}"
+        elif pool.broken:
+            state = "broken"
+        else:
+            state = "shut down" if pool.shutdown_requested else "running"
         return (
             f"<stalwart.ThreadPoolExecutor max_workers={self._max_workers} "
             f"prefix={self._thread_name_prefix!r} {state}>"
         )
 
 
-# -- interpreter exit -----------------------------------------------------------
+def _inherited_error(pool: _Pool, action: str) -> RuntimeError:
+    return RuntimeError(
+        f"cannot {action}() on this ThreadPoolExecutor: it belongs to the parent "
+        f"process {pool.owner_pid}, and this process ({_current_pid}) is a child "
+        "forked from it, which has none of its worker threads. Create a new "
+        "executor in the child (inherited executors are inert here: shutdown() "
+        "returns at once)."
+    )
+
+
+# -- interpreter exit and fork ------------------------------------------------------
 
 _live_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
 _interpreter_exiting = False
+_current_pid = os.getpid()
+"""This process's pid, updated in a forked child. A pool whose ``owner_pid``
+differs was inherited through fork: compared on every submit(), a module global
+costs less than the os.getpid() system call."""
 
 
 def _on_interpreter_exit() -> None:
@@ -878,9 +1080,11 @@ def _on_interpreter_exit() -> None:
 
 def _forget_inherited_pools() -> None:
     """A forked child has none of its parent's threads: nothing to wait for, and
-    a pool's lock may have been held by a parent thread at the fork."""
-    global _live_pools
+    a pool's lock may have been held by a parent thread at the fork. Every
+    inherited pool becomes inert, as its ``owner_pid`` is no longer ours."""
+    global _live_pools, _current_pid
     _live_pools = weakref.WeakSet()
+    _current_pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_pools)
