@@ -40,6 +40,12 @@ never blocks interpreter exit; an exit hook still finishes the submitted work,
 as the stdlib's non-daemon workers do, by shutting every pool down and waiting
 for its (non-abandoned) workers.
 
+The pool's parts, one module each: ``_thread`` (this one: the executor, and
+``_Pool``, the state every thread shares under ``_Pool.lock``, with the
+submit, hand-off, thread start and shutdown side of it); ``_thread_worker``
+(a worker thread's life and per-task loop); ``_thread_timeouts`` (the
+watchdog); ``_thread_breakage`` (a broken pool, and failing its queued work).
+
 A forked child inherits executors whose threads exist only in the parent (and
 whose locks a parent thread may have held at the fork): there they are inert.
 ``shutdown()`` returns at once and touches nothing; ``submit()`` says to create
@@ -49,23 +55,18 @@ a new executor in the child.
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
-import logging
-import math
 import os
 import threading
-import time
-import traceback
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor as _StdlibThreadPoolExecutor
-from concurrent.futures.thread import BrokenThreadPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _map, _options, _pickling, _reuse, _state
+from stalwart import _map, _options, _pickling, _reuse, _thread_breakage
 from stalwart._stats import ExecutorStats
-from stalwart.errors import InitializerError, TaskTimeoutError
+from stalwart._thread_timeouts import Watchdog
+from stalwart._thread_worker import Parking, Worker, worker_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,23 +79,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-logger = logging.getLogger("stalwart")
-
-_STDLIB_LOGGER = logging.getLogger("concurrent.futures")
-"""Where the stdlib thread pool logs a failed initializer (at CRITICAL); we log
-there too, so logging set up for the stdlib pool keeps seeing it."""
-
 _name_counter = itertools.count()
-
-
-class _ThreadInitializerError(InitializerError, BrokenThreadPool):
-    """The initializer raised in a worker thread; the thread pool is broken.
-
-    Both an ``InitializerError`` (what stalwart's process pool raises, so
-    ``except stalwart.InitializerError`` works for every executor kind) and a
-    ``BrokenThreadPool`` (what the stdlib thread pool raises, so code written
-    for it keeps working).
-    """
 
 
 class ThreadFuture(Future[Any]):
@@ -131,76 +116,13 @@ class ThreadFuture(Future[Any]):
         return _map.describe(self.fn, self.args, self.kwargs)
 
 
-class _Worker:
-    """One worker thread: the task it runs, and how it is handed the next one.
-
-    Its thread owns it, except for what others reach under ``_Pool.lock``:
-    whoever takes it off ``_Pool.idle_workers`` writes ``next_item`` and then
-    releases ``wakeup``; the watchdog reads ``item`` and ``deadline`` and sets
-    ``abandoned``; ``shutdown(cancel_futures=True)`` reads ``next_item``. The
-    thread clears ``next_item`` without the lock once it claimed the future: a
-    stale read then only makes shutdown cancel a running future, which fails.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "deadline",
-        "item",
-        "next_item",
-        "tasks_left",
-        "thread",
-        "wakeup",
-    )
-
-    def __init__(self, tasks_left: int | None) -> None:
-        self.thread: threading.Thread | None = None
-        self.item: ThreadFuture | None = None  # running now, with a task_timeout
-        self.deadline: float | None = None  # monotonic; when `item` times out
-        self.tasks_left = tasks_left  # None: unlimited
-        self.abandoned = False  # timed out: its result is discarded, it exits
-        # What it runs next, not claimed yet: taken from the queue, or handed
-        # over while idle (None then: look again). Its future is still
-        # cancellable, so shutdown(cancel_futures=True) looks here too.
-        self.next_item: ThreadFuture | None = None
-        # Held while the thread is idle; releasing it wakes the thread. A plain
-        # C lock: the cheapest hand-off there is (a Condition is Python code).
-        self.wakeup = threading.Lock()
-        self.wakeup.acquire()
-
-
-class _Step(enum.Enum):
-    """A worker's next step when it is not a task (None: wait, idle)."""
-
-    LEAVE = "leave"  # the pool is done with it: park or retire, once it resolved
-    ENDED = "ended"  # retired already (max_tasks_per_child): the thread exits
-
-
-class _Breakage:
-    """Why a pool broke; builds a fresh exception for each future it fails."""
-
-    __slots__ = ("cause", "message", "remote_traceback")
-
-    def __init__(
-        self, message: str, cause: BaseException, remote_traceback: str | None
-    ) -> None:
-        self.message = message
-        self.cause = cause
-        self.remote_traceback = remote_traceback  # set: the initializer failed
-
-    def error(self) -> BrokenThreadPool:
-        error: BrokenThreadPool
-        if self.remote_traceback is not None:
-            error = _ThreadInitializerError(
-                self.message, remote_traceback=self.remote_traceback
-            )
-        else:
-            error = BrokenThreadPool(self.message)
-        error.__cause__ = self.cause
-        return error
-
-
 class _Pool:
-    """The queue, the worker threads and the watchdog of one executor.
+    """The queue, the worker threads and the watchdog of one executor: the
+    state they share, and the submit, hand-off, start and shutdown side of it.
+
+    What a worker thread does with it is ``_thread_worker.Worker``'s; the
+    watchdog is ``_thread_timeouts.Watchdog``; breaking the pool and failing
+    what it leaves behind is ``_thread_breakage``'s. They all hold this lock.
 
     Kept apart from the executor so that no thread holds a reference to it: an
     executor dropped without ``shutdown()`` is collected, which shuts the pool
@@ -243,24 +165,23 @@ class _Pool:
         # Holds items only while no worker is idle: a worker looks here before
         # going idle, and submit() hands work to an idle worker before queueing.
         self.queue: collections.deque[ThreadFuture] = collections.deque()
-        self.idle_workers: list[_Worker] = []  # waiting on `wakeup`; last in, first out
-        self.workers: set[_Worker] = set()  # started, not exited, not abandoned
+        self.idle_workers: list[Worker] = []  # waiting on `wakeup`; last in, first out
+        self.workers: set[Worker] = set()  # started, not exited, not abandoned
         # Threads planned, started or adopted that have not yet looked at the
         # queue: each will take an item from it, so no further thread is needed
         # for the first `starting` items queued.
         self.starting = 0
         self.thread_numbers = itertools.count()
         self.exited: list[threading.Thread] = []  # retired, for shutdown to join
-        self.watchdog: threading.Thread | None = None
-        self.watchdog_wakes_at = math.inf
+        self.watchdog = Watchdog()  # its thread and wake-up time, under `lock`
         self.shutdown_requested = False
-        self.broken: _Breakage | None = None
+        self.broken: _thread_breakage.Breakage | None = None
         self.doomed: list[ThreadFuture] = []  # queued when the pool broke; to fail
-        self.unstarted: list[_Worker] = []  # planned threads, started without lock
+        self.unstarted: list[Worker] = []  # planned threads, started without lock
 
     # -- called from user threads (lock held unless said otherwise) -------------
 
-    def enqueue(self, item: ThreadFuture) -> _Worker | None:
+    def enqueue(self, item: ThreadFuture) -> Worker | None:
         """Hand ``item`` to an idle worker, returned for the caller to wake once
         the lock is released; or queue it, planning a thread if none will take it."""
         if self.broken is not None:
@@ -287,14 +208,14 @@ class _Pool:
         stdlib's does) instead of waiting for the submitting thread.
         """
         while len(self.queue) > self.starting and len(self.workers) < self.max_workers:
-            worker = _Worker(self.max_tasks)
+            worker = Worker(self.max_tasks)
             worker.thread = threading.Thread(
-                target=_worker_thread,
+                target=worker_thread,
                 # A list the thread empties: Thread keeps its args until the
                 # thread ends, and a parked thread must not keep this pool alive.
                 args=([(self, worker)],),
                 name=self.next_thread_name(),
-                daemon=True,  # abandoned threads must not block exit; see _on_exit
+                daemon=True,  # abandoned threads must not block exit; see _on_interpreter_exit
             )
             self.workers.add(worker)
             self.starting += 1
@@ -313,7 +234,7 @@ class _Pool:
         with self.lock:
             workers = []
             for handle in parked:
-                worker = _Worker(handle.tasks_left)
+                worker = Worker(handle.tasks_left)
                 worker.thread = handle.thread
                 worker.thread.name = self.next_thread_name()
                 self.workers.add(worker)
@@ -363,17 +284,10 @@ class _Pool:
         if failure is not None:
             with self.lock:
                 if not self.workers and self.queue and self.broken is None:
-                    self._break(
-                        _Breakage(
-                            f"no worker thread could be started ({failure!r}), so "
-                            "the thread pool is broken and every queued future "
-                            "fails with this error. Too many threads run in this "
-                            "process, or the interpreter is shutting down.",
-                            failure,
-                            None,
-                        )
+                    _thread_breakage.break_pool(
+                        self, _thread_breakage.no_thread_started(failure)
                     )
-        self.fail_doomed()
+        _thread_breakage.fail_doomed(self)
 
     def request_shutdown(self, cancel_futures: bool, park: bool = True) -> None:
         """Refuse new work; the queued work still runs unless cancelled. No lock.
@@ -395,7 +309,7 @@ class _Pool:
                 # One read each: the worker clears it without the lock.
                 maybe_taken = [worker.next_item for worker in self.workers]
                 taken = [item for item in maybe_taken if item is not None]
-            self._wake_idle_workers()
+            self.wake_idle_workers()
             self.deadlines_changed.notify_all()
         # Cancelled outside the lock: cancel() runs the done-callbacks, user
         # code that may call submit() or shutdown() on this very executor.
@@ -415,7 +329,7 @@ class _Pool:
             with self.lock:
                 self.stats.tasks_cancelled += cancelled
 
-    def _wake_idle_workers(self) -> None:
+    def wake_idle_workers(self) -> None:
         """Wake every idle worker to look again (shutdown, break). Lock held."""
         for worker in self.idle_workers:
             worker.next_item = None
@@ -432,148 +346,14 @@ class _Pool:
             while any(worker.thread is not me for worker in self.workers):
                 self.deadlines_changed.wait()
             exited, self.exited = self.exited, []
-            watchdog = self.watchdog
+            watchdog = self.watchdog.thread
         for thread in exited:
             if thread is not me:
                 thread.join()
         if watchdog is not None and watchdog is not me:
             watchdog.join()
 
-    # -- worker threads -----------------------------------------------------------
-
-    def initialize(self, worker: _Worker) -> bool:
-        """Run the initializer in a new worker thread; False if it raised."""
-        state = None
-        if self.initializer is not None:
-            succeeded, state = _call(self.initializer, self.initargs, {})
-            if not succeeded:
-                self._on_initializer_failure(worker, state)
-                # The pool keeps the exception, whose traceback keeps this
-                # frame and its callers': none may hold the pool or the thread.
-                del self, worker, state
-                return False
-        _state.set_thread_worker_state(state)
-        return True
-
-    def serve(self, worker: _Worker) -> _Parking | None:
-        """Run tasks until the pool no longer needs this thread; then either
-        where to park it (``reuse=True``) or None: the thread exits.
-
-        The per-task path, kept to one trip through the lock: wait for a
-        hand-off (idle) or take the queued item, claim its future, run it, then
-        under the lock count the outcome and choose the next step, and only
-        then resolve the future.
-        """
-        lock = self.lock
-        with lock:
-            self.starting -= 1
-            step = self._next_step(worker)
-        while True:
-            if step is None:
-                # Idle, on `idle_workers` until whoever takes it from there
-                # releases `wakeup`: with an item, or None to look again.
-                worker.wakeup.acquire()
-                step = worker.next_item
-                if step is None:
-                    with lock:
-                        step = self._next_step(worker)
-                    continue
-            elif step is _Step.LEAVE:
-                # Only now, with its last future resolved: shutdown(wait=True)
-                # returns once no thread of the pool is left, so every future
-                # must be done by then.
-                with lock:
-                    return self._park_or_retire(worker)
-            elif step is _Step.ENDED:
-                return None
-            future = step
-            del step
-            value: Any = None
-            succeeded: bool | None = None  # None: cancelled while queued, not run
-            # Claimed outside the lock: on a cancelled future this notifies its
-            # waiters, and no lock may be held where the future's code runs.
-            claimed = future.set_running_or_notify_cancel()
-            worker.next_item = None
-            if claimed:
-                if future.timeout is not None:
-                    self._start_clock(worker, future)
-                succeeded, value = _call(future.fn, future.args, future.kwargs)
-            with lock:
-                abandoned = worker.abandoned
-                if abandoned:
-                    pass
-                elif (
-                    succeeded
-                    and self.queue
-                    and worker.tasks_left is None
-                    and worker.deadline is None
-                ):
-                    # The common case, inline (two calls fewer per task): what
-                    # _finish() does for a task that ran without a deadline,
-                    # with no recycling to count and more work queued.
-                    self.stats.tasks_completed += 1
-                    worker.next_item = step = self.queue.popleft()
-                else:
-                    step = self._finish(worker, succeeded)
-            # Dropped only now: the watchdog describes an overdue call while
-            # its deadline is set, which the lock round above cleared.
-            future.drop_call()
-            if abandoned:
-                # Timed out: its future failed already; this result is discarded.
-                del future, value
-                return None
-            if self.unstarted or self.doomed:
-                self.settle()
-            if succeeded:
-                future.set_result(value)
-            elif succeeded is not None:
-                future.set_exception(value)
-            # A failure's traceback keeps this frame (the caller of _call) alive:
-            # it must not hold the future, or the two would form a reference
-            # cycle. Dropped before the next wait, too: the caller alone decides
-            # how long the result stays alive (stdlib).
-            del future, value
-
-    def _next_step(self, worker: _Worker) -> ThreadFuture | _Step | None:
-        """The worker's next item; None: it is idle now; or leave. Lock held."""
-        if self.queue:
-            worker.next_item = item = self.queue.popleft()
-            return item
-        if self._should_exit():
-            return _Step.LEAVE
-        self.idle_workers.append(worker)
-        return None
-
-    def _finish(
-        self, worker: _Worker, succeeded: bool | None
-    ) -> ThreadFuture | _Step | None:
-        """Count a task's outcome (None: cancelled, not run); then the worker's
-        next step. Lock held.
-
-        Runs before the task's future resolves: a caller that submits on
-        seeing the result finds this thread idle (the stdlib reuses it too).
-        """
-        worker.item = worker.deadline = None
-        stats = self.stats
-        if succeeded is None:
-            stats.tasks_cancelled += 1
-            return self._next_step(worker)
-        if succeeded:
-            stats.tasks_completed += 1
-        else:
-            stats.tasks_failed += 1
-        if worker.tasks_left is not None:
-            worker.tasks_left -= 1
-            if worker.tasks_left == 0:
-                stats.workers_recycled += 1
-                # Retired now, so that its replacement starts at once; join()
-                # still waits for the thread itself, which resolves first.
-                self._retire(worker)
-                self.plan_workers()
-                return _Step.ENDED
-        return self._next_step(worker)
-
-    def _park_or_retire(self, worker: _Worker) -> _Parking | None:
+    def park_or_retire(self, worker: Worker) -> Parking | None:
         """The pool is done with this thread, idle, its last future resolved. Lock held.
 
         With ``reuse=True`` it goes to the warm set, registered there before
@@ -594,206 +374,20 @@ class _Pool:
                 self.workers.discard(worker)
                 self.stats.workers_parked += 1
                 self.deadlines_changed.notify_all()  # join() looks again
-                return _Parking(reuse, handle)
-        self._retire(worker)
+                return Parking(reuse, handle)
+        self.retire(worker)
         return None
 
-    def _should_exit(self) -> bool:
+    def should_exit(self) -> bool:
         return self.shutdown_requested or self.broken is not None
 
-    def _retire(self, worker: _Worker) -> None:
+    def retire(self, worker: Worker) -> None:
         """The worker's thread is exiting by itself. Lock held."""
         self.workers.discard(worker)
         assert worker.thread is not None
         self.exited = [thread for thread in self.exited if thread.is_alive()]
         self.exited.append(worker.thread)
         self.deadlines_changed.notify_all()  # join() and the watchdog look again
-
-    def _on_initializer_failure(self, worker: _Worker, exc: BaseException) -> None:
-        assert worker.thread is not None
-        name = getattr(self.initializer, "__qualname__", repr(self.initializer))
-        message = (
-            f"the initializer {name}() raised {exc!r} in worker thread "
-            f"{worker.thread.name!r}, so the thread pool is broken: every queued "
-            "task fails with this error and submit() refuses new work. Fix the "
-            "initializer (its traceback is attached) and create a new executor."
-        )
-        _STDLIB_LOGGER.critical("%s", message, exc_info=exc)
-        remote_traceback = "".join(
-            traceback.format_exception(type(exc), exc, exc.__traceback__)
-        )
-        with self.lock:
-            self.starting -= 1
-            self._retire(worker)
-            if self.broken is None:
-                self._break(_Breakage(message, exc, remote_traceback))
-        self.settle()
-
-    def _break(self, breakage: _Breakage) -> None:
-        """Refuse new work; queued futures go to `doomed`. Lock held.
-
-        Running tasks finish; their threads then exit.
-        """
-        self.broken = breakage
-        self.doomed.extend(self.queue)
-        self.queue.clear()
-        self._wake_idle_workers()
-        self.deadlines_changed.notify_all()
-
-    def fail_doomed(self) -> None:
-        """Fail the futures a break left behind. Lock NOT held: callbacks run
-        user code, which may call submit()."""
-        with self.lock:
-            items, self.doomed = self.doomed, []
-            breakage = self.broken
-        if not items:
-            return
-        for item in items:
-            item.drop_call()
-        failing = [item for item in items if item.set_running_or_notify_cancel()]
-        # One lock round for the counts; the futures resolve outside it.
-        with self.lock:
-            self.stats.tasks_failed += len(failing)
-            self.stats.tasks_cancelled += len(items) - len(failing)
-        for item in failing:
-            assert breakage is not None
-            item.set_exception(breakage.error())
-
-    # -- task timeouts --------------------------------------------------------------
-
-    def _start_clock(self, worker: _Worker, item: ThreadFuture) -> None:
-        """Give the watchdog the deadline of the task ``worker`` starts now. No lock."""
-        assert item.timeout is not None
-        with self.lock:
-            worker.item = item
-            worker.deadline = deadline = time.monotonic() + item.timeout
-            self._watch_deadline(deadline)
-
-    def _watch_deadline(self, deadline: float) -> None:
-        """Make the watchdog wake up by `deadline`. Lock held."""
-        if self.watchdog is None:
-            self.watchdog = threading.Thread(
-                target=self._watch, name=f"{self.name_prefix}_watchdog", daemon=True
-            )
-            self.watchdog.start()
-        elif deadline < self.watchdog_wakes_at:
-            self.deadlines_changed.notify_all()
-
-    def _watch(self) -> None:
-        """The watchdog: fail each task that runs past its deadline, on time."""
-        while True:
-            with self.lock:
-                overdue = self._abandon_overdue_workers()
-                if not overdue:
-                    if self._should_exit() and not self.workers:
-                        self.watchdog_wakes_at = math.inf
-                        return
-                    deadlines = [
-                        w.deadline for w in self.workers if w.deadline is not None
-                    ]
-                    self.watchdog_wakes_at = min(deadlines, default=math.inf)
-                    wait_s = self.watchdog_wakes_at - time.monotonic()
-                    self.deadlines_changed.wait(None if math.isinf(wait_s) else wait_s)
-                    continue
-            # The overdue futures fail (logged, outside the lock: handlers are
-            # user code) before a replacement can run the next task.
-            for item, error in overdue:
-                logger.warning("%s", error)
-                item.set_exception(error)
-            self.settle()
-
-    def _abandon_overdue_workers(self) -> list[tuple[ThreadFuture, TaskTimeoutError]]:
-        """Abandon the workers past their deadline; each one's future and the
-        error it is to fail with. Lock held: the call is still attached."""
-        now = time.monotonic()
-        overdue = []
-        for worker in list(self.workers):
-            if worker.deadline is None or worker.deadline > now:
-                continue
-            assert worker.item is not None
-            overdue.append((worker.item, _overdue_error(worker, worker.item)))
-            # Threads cannot be killed: this one runs on until the call returns,
-            # then sees `abandoned`, drops the result and exits.
-            worker.abandoned = True
-            worker.item = worker.deadline = None
-            self.workers.discard(worker)
-            self.abandoned_to_replace += 1
-            self.stats.tasks_failed += 1
-            self.stats.tasks_timed_out += 1
-        if overdue:
-            self.deadlines_changed.notify_all()  # join() need not wait for them
-            self.plan_workers()
-        return overdue
-
-
-class _Parking:
-    """Where a worker thread waits for its next pool, and for how long."""
-
-    __slots__ = ("handle", "reuse")
-
-    def __init__(
-        self, reuse: _reuse.ReusePolicy, handle: _reuse.ParkedThread[Any]
-    ) -> None:
-        self.reuse = reuse
-        self.handle = handle
-
-    def wait_for_adoption(self) -> tuple[_Pool, _Worker] | None:
-        assignment: tuple[_Pool, _Worker] | None = _reuse.THREADS.wait_for_adoption(
-            self.reuse.key, self.handle, self.reuse.idle_timeout
-        )
-        return assignment
-
-
-def _worker_thread(start: list[tuple[_Pool, _Worker]]) -> None:
-    """A worker thread's life: initialize once, serve its pool; with
-    ``reuse=True``, park when that pool shuts down and serve the next pool that
-    adopts it, ``worker_state()`` and all."""
-    pool, worker = start.pop()
-    if not pool.initialize(worker):
-        del pool, worker  # see initialize(): this frame outlives the thread
-        return
-    while True:
-        parking = pool.serve(worker)
-        del pool, worker  # a parked thread keeps no pool alive
-        if parking is None:
-            return
-        assignment = parking.wait_for_adoption()
-        del parking
-        if assignment is None:
-            return  # idle for too long, or the interpreter is exiting
-        pool, worker = assignment
-
-
-def _call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bool, Any]:
-    """``(True, fn(*args, **kwargs))``, or ``(False, the exception it raised)``.
-
-    A frame of its own: the exception's traceback keeps the frame that caught
-    it alive, and this one holds no worker, pool or future, so a failed task
-    creates no reference cycle that would keep a finished thread or its pool
-    alive until the next garbage collection.
-    """
-    try:
-        return True, fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - the call's outcome, reported
-        return False, exc
-
-
-def _overdue_error(worker: _Worker, item: ThreadFuture) -> TaskTimeoutError:
-    assert worker.thread is not None
-    assert item.timeout is not None
-    task = item.describe()
-    message = (
-        f"{task} ran longer than its task_timeout of {item.timeout:g} s "
-        f"in worker thread {worker.thread.name!r}, so its future failed. A thread "
-        "cannot be killed: it was abandoned (the call runs on in the background "
-        "and its result will be discarded) and a replacement thread takes its "
-        "place. Raise task_timeout if the task needs more time, or have the task "
-        "check a deadline of its own; use stalwart.ProcessPoolExecutor to have "
-        "overdue tasks killed."
-    )
-    return TaskTimeoutError(message, timeout=item.timeout, pid=None, task=task)
 
 
 class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
