@@ -89,5 +89,13 @@ def test_executors_that_never_ran_a_task_hold_no_fds() -> None:
         stalwart.ProcessPoolExecutor(2)  # dropped without shutdown()
     gc.collect()
 
-    grown = {fd: t for fd, t in open_fds().items() if fds_before.get(fd) != t}
-    assert not grown, f"{len(grown)} fds left open, e.g. {sorted(grown.items())[:6]}"
+    def grown() -> dict[int, str]:
+        return {fd: t for fd, t in open_fds().items() if fds_before.get(fd) != t}
+
+    # Polled: other threads of the test process (dask's system monitor reading
+    # /proc) hold an fd for an instant now and then.
+    try:
+        wait_until(lambda: not grown(), "the fds to be as before", 5)
+    except AssertionError:
+        leaked = grown()
+        pytest.fail(f"{len(leaked)} fds left open, e.g. {sorted(leaked.items())[:6]}")

@@ -1,7 +1,8 @@
 """The dispatcher: one I/O thread that owns a process pool's workers.
 
-It runs the loop and carries out the scheduler's decisions (``_scheduler``); the
-other parts each own one concern: ``_pipes`` waits, reads and writes,
+It runs the loop and starts workers; the other parts each own one concern:
+``_scheduler`` decides who gets what, ``_sending`` carries that out (sends
+batches, takes backlogs back), ``_pipes`` waits, reads and writes,
 ``_replies`` acts on what workers say, ``_endings`` settles how workers end,
 ``_ledger`` claims, resolves and cancels futures, ``_parking`` parks or stops
 the workers at the end. User threads never touch any of it; they reach it only
@@ -35,19 +36,17 @@ from stalwart import (
     _claims,
     _outcomes,
     _parking,
-    _pickling,
     _reuse,
     _scheduler,
     _spawn,
-    _wire,
 )
 from stalwart._endings import LIVENESS_CHECK_S, Endings
 from stalwart._inbox import Inbox, PoolState
 from stalwart._ledger import Ledger
 from stalwart._pipes import Pipes
 from stalwart._replies import Replies
+from stalwart._sending import Sender
 from stalwart._slot import Task, WorkerSlot, WorkerState
-from stalwart.errors import PicklingError
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -91,11 +90,11 @@ class Dispatcher:
         self.ledger = Ledger()
         self.replies = Replies(self.ledger)
         self.workers_wanted = 0  # grows on demand up to max_workers
-        self.timeouts_in_use = False  # some task has a task_timeout: watch the clock
         # The I/O side exists only with the I/O thread (an executor that never
         # ran a call holds no file descriptor).
         self.pipes: Pipes | None = None
         self.endings: Endings | None = None
+        self.sender: Sender | None = None
         self.thread: threading.Thread | None = None
         self.finished = threading.Event()  # the I/O thread is done with us
 
@@ -114,6 +113,9 @@ class Dispatcher:
         self.pipes = pipes = Pipes(self.inbox)
         self.endings = Endings(
             self.inbox, pipes, self.ledger, self.replies, self.slots, self.retries
+        )
+        self.sender = Sender(
+            self.inbox, self.ledger, pipes, self.worker_config.by_value
         )
         if self.reuse is not None:
             for idle in _reuse.THREADS.adopt(IDLE_IO_THREAD, 1):
@@ -241,7 +243,7 @@ class Dispatcher:
             self._start_workers_as_needed(endings)
             if inbox.state is PoolState.BROKEN:
                 return
-            self._dispatch(pipes)
+            self._dispatch()
             if inbox.cancel_asked:
                 ledger.cancel_unstarted(self.slots, inbox)
             if inbox.state is not PoolState.RUNNING and self._is_idle():
@@ -249,7 +251,7 @@ class Dispatcher:
 
     def _next_wake_s(self, endings: Endings) -> float:
         wait_s = LIVENESS_CHECK_S
-        if self.timeouts_in_use:
+        if self.sender is not None and self.sender.timeouts_in_use:
             wait_s = min(wait_s, endings.kill_overdue_tasks())
         thief = False
         for slot in self.slots:
@@ -344,88 +346,24 @@ class Dispatcher:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def _dispatch(self, pipes: Pipes) -> None:
+    def _dispatch(self) -> None:
+        sender = self.sender
+        assert sender is not None
         pending = self.inbox.pending
         slots = self._live_slots()
         avg_busy_s = self.replies.avg_busy_s
         plan = _scheduler.plan(slots, len(pending), avg_busy_s, time.monotonic())
         for slot, count, window in plan.sends:
             slot.window = window
-            self._fill(slot, count, pipes)
+            sender.fill(slot, count)
         if plan.steals:
             for slot, count in plan.steals:
-                self._steal(slot, count)
+                sender.steal(slot, count)
             # What came back goes to the idle workers now, not a round later.
             plan = _scheduler.plan(slots, len(pending), avg_busy_s, time.monotonic())
             for slot, count, window in plan.sends:
                 slot.window = window
-                self._fill(slot, count, pipes)
-
-    def _fill(self, slot: WorkerSlot, room: int, pipes: Pipes) -> None:
-        """Send `slot` up to `room` tasks from the front of the pending queue."""
-        inbox = self.inbox
-        pending = inbox.pending
-        entries: list[tuple[int, int, bytes]] = []
-        batch: list[Task] = []
-        while room and pending:
-            task = inbox.release(pending.popleft())
-            if task.call is None and not self._serialize_again(task):
-                continue
-            assert task.call is not None
-            task.slot = slot
-            task.seq = slot.next_seq
-            # From here on cancel() revokes it in the worker (see _claims).
-            if not _claims.mark_sent_ahead(task.future, task):
-                task.slot = None
-                self.ledger.drop_cancelled(task)
-                continue
-            slot.next_seq += 1
-            batch.append(task)
-            entries.append((task.id, task.seq, task.call))
-            if task.timeout is not None:
-                self.timeouts_in_use = True
-            room -= 1
-        if not batch:
-            return
-        slot.in_flight.extend(batch)
-        size = sum(len(call) for _, _, call in entries)
-        slot.unacknowledged.append((batch[-1].seq, size))
-        slot.unacknowledged_bytes += size
-        if slot.tasks_left is not None:
-            slot.tasks_left -= len(batch)
-        pipes.send(slot, _wire.encode_batch(entries))
-
-    def _serialize_again(self, task: Task) -> bool:
-        """Re-pickle a task whose bytes were dropped (its worker read them, then
-        died or gave it back); False if that fails now, and the task failed."""
-        try:
-            task.call = _pickling.serialize_call(
-                task.fn, task.args, task.kwargs, by_value=self.worker_config.by_value
-            )
-        except PicklingError as exc:  # an argument was changed since submit()
-            if self.ledger.claim(task):
-                self.ledger.fail(task, exc)
-            return False
-        return True
-
-    def _steal(self, slot: WorkerSlot, count: int) -> None:
-        """Take back up to ``count`` unstarted calls from the end of ``slot``'s
-        backlog, for idle workers: to the front of the pending queue, in order."""
-        taken: list[Task] = []
-        while count and slot.in_flight:
-            task = slot.in_flight[-1]
-            wanted = _claims.take_back(task.future, slot.claims, task.seq)
-            if wanted is None:
-                break  # it started, so every call before it has too
-            slot.in_flight.pop()
-            slot.give_back(task)
-            count -= 1
-            if wanted:
-                taken.append(task)
-            else:
-                self.ledger.drop_cancelled(task)
-        self.inbox.pending.extendleft(reversed(taken))
-        self.stats.tasks_rebalanced += len(taken)
+                sender.fill(slot, count)
 
 
 # -- the I/O thread's life ---------------------------------------------------------------
