@@ -3,8 +3,8 @@
 A worker is sent a few calls ahead, so that tiny tasks travel in batches. Yet a
 call that has not started must stay cancellable (``cancel()`` is exact), and
 must be revocable when another worker sits idle. So the parent and each
-worker share one small page (a memfd), and both change it only under an
-``fcntl`` record lock on it::
+worker share one small page (a memfd) and a process-shared lock (a semaphore
+of the executor's own start method), and change the page only under the lock::
 
     word 0                   sequence number of the last call the worker started
     word 1 + seq % RING      holds ``seq`` once the parent revoked call ``seq``
@@ -13,10 +13,11 @@ worker share one small page (a memfd), and both change it only under an
     parent, to take seq back:  lock; word 0 >= seq? too late : revoke;  unlock
 
 Exactly one side wins: a call whose ``cancel()`` returned True never runs, and
-one that started is never reported cancelled. Record locks belong to a process
-and the kernel drops them when it dies, so a worker killed inside its three
-lines cannot wedge the parent; in the parent, threads also take a
-``threading.Lock`` first (record locks do not exclude threads of one process).
+one that started is never reported cancelled. An uncontended semaphore costs
+the worker a tenth of a microsecond per call (no system call). A worker killed
+inside its three lines would leave the lock taken: the parent waits for it at
+most ``_LOCK_WAIT_S`` and then counts the call as started (it may yet run),
+and once the worker's end is settled its table answers without the lock.
 
 ``TaskFuture`` is the other half: a ``concurrent.futures.Future`` whose
 ``cancel()`` asks the worker's page first while its call sits in a worker's
@@ -27,12 +28,11 @@ they mean for the stdlib's pool.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
+import multiprocessing
 import os
 import tempfile
 import threading
-import time
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from multiprocessing import reduction
@@ -49,31 +49,36 @@ _WORD = 8
 _SIZE = _WORD * (1 + RING)
 _LOCK_WAIT_S = 1.0
 """How long the parent waits for a worker's lock: the worker holds it for three
-lines, so only a stopped (SIGSTOP) worker makes this run out; the call then
-counts as started (it may yet run)."""
+lines, so only a worker stopped (SIGSTOP) or killed inside them makes this run
+out; the call then counts as started (it may yet run)."""
 
 
 class ClaimTable:
     """The page one worker and its parent share; see the module docstring."""
 
-    def __init__(self, fd: int | None = None) -> None:
+    def __init__(self, context: Any = None, fd: int | None = None, lock: Any = None):
         if fd is None:
             fd = _anonymous_file()
             os.ftruncate(fd, _SIZE)
+        if lock is None:
+            lock = (context or multiprocessing.get_context("spawn")).Lock()
         self.fd = fd
+        self._lock = lock  # process-shared: the worker's and the parent's
         self._map = mmap.mmap(fd, _SIZE)
         self._words = memoryview(self._map).cast("q")
-        self._thread_lock = threading.Lock()  # the parent's threads, see above
+        self._thread_lock = threading.Lock()  # the parent's threads, and close()
 
     def __reduce__(self) -> tuple[Callable[..., ClaimTable], tuple[Any, ...]]:
-        # Only ever pickled to start a worker: the start method passes the fd.
-        return _attach, (reduction.DupFd(self.fd),)
+        # Only ever pickled to start a worker: the start method passes the fd,
+        # and pickles the lock its own way.
+        return _attach, (reduction.DupFd(self.fd), self._lock)
 
     # -- the worker's side ---------------------------------------------------------
 
     def start(self, seq: int) -> bool:
         """Worker: may call ``seq`` run? True marks it started; False: revoked."""
-        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        lock = self._lock
+        lock.acquire()
         try:
             words = self._words
             if words[1 + seq % RING] == seq:
@@ -81,7 +86,7 @@ class ClaimTable:
             words[0] = seq
             return True
         finally:
-            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+            lock.release()
 
     # -- the parent's side ---------------------------------------------------------
 
@@ -96,30 +101,15 @@ class ClaimTable:
         with self._thread_lock:
             if self.fd < 0:
                 return False  # closed: its worker has ended and been settled
-            if not self._lock_with_deadline():
-                return False
+            if not self._lock.acquire(timeout=_LOCK_WAIT_S):
+                return False  # held by a worker that died or was stopped in it
             try:
                 if self._words[0] >= seq:
                     return False
                 self._words[1 + seq % RING] = seq
                 return True
             finally:
-                fcntl.lockf(self.fd, fcntl.LOCK_UN)
-
-    def _lock_with_deadline(self) -> bool:
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while not self._try_lock():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.0005)  # the worker holds it for microseconds
-        return True
-
-    def _try_lock(self) -> bool:
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
+                self._lock.release()
 
     def close(self) -> None:
         """Unmap and close (idempotent); the worker keeps its own mapping."""
@@ -130,11 +120,12 @@ class ClaimTable:
             self._map.close()
             os.close(self.fd)
             self.fd = -1
+            self._lock = None
 
 
-def _attach(fd: Any) -> ClaimTable:
-    """Rebuild the table in the worker from the fd the start method passed."""
-    return ClaimTable(fd.detach() if hasattr(fd, "detach") else int(fd))
+def _attach(fd: Any, lock: Any) -> ClaimTable:
+    """Rebuild the table in the worker from what the start method passed."""
+    return ClaimTable(fd=fd.detach() if hasattr(fd, "detach") else int(fd), lock=lock)
 
 
 def _anonymous_file() -> int:
@@ -187,11 +178,18 @@ class TaskFuture(Future[Any]):
         return super().cancel()
 
 
+def _lock_of(future: Future[Any]) -> Any:
+    """The lock under the future's Condition: the same lock its methods take,
+    taken here without the Condition's Python-level ``__enter__`` (this runs
+    twice per call)."""
+    return future._condition._lock  # type: ignore[attr-defined]
+
+
 def mark_sent_ahead(future: Future[Any], sent: SentAhead) -> bool:
     """Before a call is written to a worker: from now on ``cancel()`` revokes it
     there. False if the future was cancelled: do not send it. (A retried call
     is RUNNING already, and stays so.)"""
-    with future._condition:
+    with _lock_of(future):
         state = future._state
         if state == PENDING:
             future._sent_ahead = sent  # type: ignore[attr-defined]
@@ -224,8 +222,12 @@ def claim_started(future: Future[Any]) -> bool:
     False only if it was cancelled before it was ever sent ahead (then its
     waiters are notified, as ``set_running_or_notify_cancel`` does).
     """
-    with future._condition:
+    with _lock_of(future):
         future._sent_ahead = None  # type: ignore[attr-defined]
-        if future._state == RUNNING:
+        state = future._state
+        if state == PENDING:
+            future._state = RUNNING  # what set_running_or_notify_cancel does
+            return True
+        if state == RUNNING:
             return True
         return future.set_running_or_notify_cancel()

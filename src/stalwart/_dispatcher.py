@@ -306,7 +306,7 @@ class Dispatcher:
         return [slot for slot in self.slots if slot.state is not WorkerState.STOPPING]
 
     def _start_worker(self, endings: Endings) -> None:
-        claims = _claims.ClaimTable()
+        claims = _claims.ClaimTable(self.context)
         config = dataclasses.replace(self.worker_config, claims=claims)
         parent_end, child_end = self.context.Pipe(duplex=True)
         try:

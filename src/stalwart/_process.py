@@ -331,7 +331,7 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         return False if broken is None else str(broken)
 
     def _refuse_if_inherited(self, what: str) -> None:
-        if os.getpid() != self._owner_pid:
+        if _current_pid != self._owner_pid:
             raise RuntimeError(
                 f"{what} on a stalwart executor inherited through os.fork(): it "
                 f"belongs to process {self._owner_pid}, and its workers and threads "
@@ -445,4 +445,15 @@ def _on_interpreter_exit() -> None:
         raise
 
 
+_current_pid = os.getpid()
+"""This process's pid, kept up to date across os.fork(): submit() compares it
+with the executor's owner on every call, and getpid() is a system call."""
+
+
+def _note_pid_after_fork() -> None:
+    global _current_pid
+    _current_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_pid_after_fork)
 threading._register_atexit(_on_interpreter_exit)  # type: ignore[attr-defined]

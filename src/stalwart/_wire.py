@@ -30,8 +30,7 @@ from __future__ import annotations
 import os
 import struct
 from concurrent.futures.process import _RemoteTraceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stalwart import _pickling
 from stalwart.errors import RemoteError
@@ -92,8 +91,7 @@ def decode_batch(payload: bytes) -> Iterator[tuple[int, int, memoryview]]:
         offset += size
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """A worker's answer to one call (RESULT, RESULT_BYTES or ERROR)."""
 
     task_id: int
@@ -104,20 +102,17 @@ class Answer:
         return outcome(self.reply)
 
 
-@dataclass(frozen=True)
-class Received:
+class Received(NamedTuple):
     """The worker has read every call up to ``last_seq``."""
 
     last_seq: int
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(NamedTuple):
     """The initializer succeeded: the worker takes calls."""
 
 
-@dataclass(frozen=True)
-class InitFailed:
+class InitFailed(NamedTuple):
     summary: str
     remote_traceback: str
 
@@ -125,12 +120,16 @@ class InitFailed:
 Reply = Answer | Received | Ready | InitFailed
 
 
+_ANSWERS = frozenset({RESULT, RESULT_BYTES, ERROR})
+
+
 def decode_reply(reply: object) -> Reply:
-    """A worker's unpickled message as a typed record; ValueError if it is none."""
-    if not isinstance(reply, tuple) or not reply:
+    """A worker's unpickled message as a typed record; ValueError if it is none.
+    (Small records, cheap to build: one is made per call.)"""
+    if type(reply) is not tuple or not reply:
         raise ValueError(f"a worker sent {type(reply).__name__}, not a reply tuple")
     kind = reply[0]
-    if kind in (RESULT, RESULT_BYTES, ERROR) and len(reply) in (4, 5):
+    if kind in _ANSWERS and len(reply) in (4, 5):
         task_id, busy_s = reply[1], reply[-1]
         if isinstance(task_id, int) and isinstance(busy_s, float):
             return Answer(task_id, busy_s, reply)

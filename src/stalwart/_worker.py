@@ -197,7 +197,7 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     results and errors cross back the same way on every executor kind.
     """
     started = time.perf_counter()
-    pid = os.getpid()
+    forks = _forks_into_this_process
     try:
         fn, args, kwargs = _pickling.loads(call)
     except BaseException as exc:  # noqa: BLE001 - reported as this task's failure
@@ -213,9 +213,9 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
-        _exit_if_forked_child(pid)
+        _exit_if_forked_child(forks)
         return error_reply(task_id, exc, time.perf_counter() - started)
-    _exit_if_forked_child(pid)
+    _exit_if_forked_child(forks)
     if not by_value:
         try:
             return pickle.dumps(
@@ -231,12 +231,25 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
     return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)
 
 
-def _exit_if_forked_child(pid: int) -> None:
+def _exit_if_forked_child(forks_before: int) -> None:
     """A task that called ``os.fork()`` may return twice: in the child, the
     return must not reach the pipe the parent reads (a second answer to one
-    call). The child ends here, as multiprocessing ends its forked children."""
-    if os.getpid() != pid:
+    call). The child ends here, as multiprocessing ends its forked children.
+    (A counter bumped in forked children only, not getpid(): a system call
+    per task.)"""
+    if _forks_into_this_process != forks_before:
         os._exit(0)
+
+
+_forks_into_this_process = 0
+
+
+def _count_fork_into_child() -> None:
+    global _forks_into_this_process
+    _forks_into_this_process += 1
+
+
+os.register_at_fork(after_in_child=_count_fork_into_child)
 
 
 def error_reply(task_id: int, exc: BaseException, busy_s: float) -> bytes:
