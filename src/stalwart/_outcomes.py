@@ -7,6 +7,7 @@ task and worker, and what to do next.
 
 from __future__ import annotations
 
+import traceback
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,7 @@ def unreadable_result(
         f"not be unpickled in the parent: {exc!r}. Return types that the parent process "
         "can import and rebuild (and that fit in its memory); the executor carries on."
     )
-    error.__cause__ = exc
+    error.__cause__ = _detached(exc)
     return error
 
 
@@ -124,7 +125,7 @@ def dispatcher_failed(exc: BaseException) -> BrokenProcessPool:
         "stalwart, please report it with the traceback logged by 'stalwart'. "
         "The executor is broken: create a new one."
     )
-    error.__cause__ = exc
+    error.__cause__ = _detached(exc)
     return error
 
 
@@ -134,5 +135,20 @@ def start_error(exc: Exception) -> BrokenProcessPool:
         f"could not start a worker process: {exc!r}. The executor is "
         "broken; every waiting future fails with this error."
     )
-    error.__cause__ = exc
+    error.__cause__ = _detached(exc)
     return error
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` without its live traceback, its text kept as its cause.
+
+    The traceback's frames reach back through the I/O thread's stack (on 3.10
+    a frame holds its caller), so an error kept by the user would keep the
+    dispatcher and its thread object alive as long as the future lives.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc = exc.with_traceback(None)
+    exc.__context__ = None
+    if exc.__cause__ is None:
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')  # type: ignore[arg-type]
+    return exc
