@@ -228,7 +228,9 @@ def test_ctrl_c_while_waiting_cancels_the_map_and_submits_no_more(
         finally:
             ctrl_c.join(TIMEOUT)
             gate.set()
-        assert busy.result(TIMEOUT) == "busy"
+        # What this test is about is below; the busy call only held the worker
+        # (on a loaded machine its gate may have timed out meanwhile).
+        assert not cf.wait([busy], TIMEOUT).not_done
     assert tasks.ran(log) == [], "items of an interrupted map ran afterwards"
 
 

@@ -78,7 +78,12 @@ class Ledger:
                 continue  # it had already left (its worker died, or was stolen from)
             slot.in_flight.remove(task)
             slot.give_back(task)
-            self.drop_cancelled(task)
+            if task.future.cancelled():  # waits for cancel() to finish with it
+                self.drop_cancelled(task)
+            else:
+                # cancel() was interrupted (Ctrl-C) between revoking the call
+                # and cancelling its future: the call is still wanted.
+                inbox.pending.appendleft(task)
 
     def cancel_unstarted(self, slots: list[WorkerSlot], inbox: Inbox) -> None:
         """shutdown(cancel_futures=True): cancel every call not started, queued
