@@ -37,6 +37,25 @@ def wait_until(
         time.sleep(0.01)
 
 
+def returns_within(action: Callable[[], Any], what: str, timeout: float) -> None:
+    """Run `action` on a daemon thread; fail naming `what` if it has not returned
+    after `timeout` s (a hang), or re-raise what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    runner = threading.Thread(target=run, name="test-runner", daemon=True)
+    runner.start()
+    runner.join(timeout)
+    assert not runner.is_alive(), f"{what} did not return within {timeout} s: a hang"
+    if errors:
+        raise errors[0]
+
+
 @pytest.fixture(params=["process", "thread", "dask"])
 def kind(request: pytest.FixtureRequest) -> str:
     """Run the test once per executor kind: the swap must change nothing.

@@ -10,12 +10,7 @@ so a hang fails fast. (The thread pool has its own: test_thread_callbacks.py.)
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 from concurrent.futures import wait
 from pathlib import Path
@@ -24,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import stalwart
+from tests._scripts import run_for_json
 from tests._tasks import block_until
+from tests.conftest import returns_within
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,31 +33,12 @@ HANG_S = 15.0
 """How long a step may take before it counts as hung (each takes milliseconds,
 once the worker has started)."""
 
-ROOT = Path(__file__).resolve().parents[1]
 
 SENT_AHEAD_AT_MOST = 3
 """Calls queued behind the gated one that the I/O thread may hand to the worker
 as soon as it answers, before a callback's shutdown(cancel_futures=True) takes
 effect; a call the worker has already claimed runs, as in the stdlib's pool.
 Queuing this many first makes the next one's cancellation certain."""
-
-
-def returns_within(action: Callable[[], Any], what: str) -> None:
-    """Run `action` on a daemon thread; fail naming `what` if it hangs."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            action()
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    runner = threading.Thread(target=run, name="test-runner", daemon=True)
-    runner.start()
-    runner.join(HANG_S)
-    assert not runner.is_alive(), f"{what} did not return within {HANG_S} s: a hang"
-    if errors:
-        raise errors[0]
 
 
 class Callback:
@@ -124,7 +102,7 @@ def test_callbacks_of_cancelled_futures_may_shut_the_executor_down(
     assert len(done) == len(ahead)
     for i, future in enumerate(ahead):
         assert future.cancelled() or future.result() == 2**i
-    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks")
+    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks", HANG_S)
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(pow, 2, 2)
 
@@ -144,7 +122,7 @@ def test_callbacks_of_cancelled_futures_may_submit(manager: Any) -> None:
     assert a.result(timeout=HANG_S) == "gated"
     cancelled = [f for f in queued if f.cancelled()]
     assert len(cancelled) >= len(queued) - SENT_AHEAD_AT_MOST
-    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks")
+    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks", HANG_S)
 
 
 def test_shutdown_with_cancel_futures_from_a_callback_ends_a_long_queue(
@@ -172,7 +150,7 @@ def test_shutdown_with_cancel_futures_from_a_callback_ends_a_long_queue(
     for i, future in enumerate(queued):
         assert future.cancelled() or future.result() == 3**i
     assert a.result(timeout=HANG_S) == "gated"
-    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks")
+    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks", HANG_S)
 
 
 def test_callback_may_submit_while_the_executor_runs() -> None:
@@ -225,27 +203,19 @@ def test_a_raising_callback_breaks_nothing(
         assert shut.returned.wait(HANG_S)
         assert all(c.returned.wait(HANG_S) for c in afters), "later callbacks lost"
         assert a.result(timeout=HANG_S) == "gated"
-        returns_within(ex.shutdown, "shutdown(wait=True) after raising callbacks")
+        returns_within(
+            ex.shutdown, "shutdown(wait=True) after raising callbacks", HANG_S
+        )
     raised = [r for r in caplog.records if "exception calling callback" in r.message]
     assert len(raised) == 1 + len(queued)
     assert all("callback bug" in str(r.exc_info[1]) for r in raised if r.exc_info)
-
-
-def _script_env() -> dict[str, str]:
-    """The tests package importable by the script and its workers; a
-    PYTHONPATH already set (another stalwart tree) comes first."""
-    paths = [os.environ.get("PYTHONPATH", ""), str(ROOT / "src"), str(ROOT)]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def test_interpreter_exit_after_a_shutdown_from_callbacks_does_not_hang(
     tmp_path: Path,
 ) -> None:
     """The reported hang reached exit too: it waits for the I/O thread."""
-    script = tmp_path / "callbacks_at_exit.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    code = f"""
             import json, multiprocessing, sys
             import stalwart
             from tests._tasks import block_until
@@ -266,20 +236,6 @@ def test_interpreter_exit_after_a_shutdown_from_callbacks_does_not_hang(
                     gate.set()
                     print(json.dumps({{"a": a.result(timeout=60)}}), flush=True)
                 print(json.dumps({{"leaving": True}}), flush=True)
-            """
-        )
-    )
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            capture_output=True,
-            text=True,
-            env=_script_env(),
-            cwd=tmp_path,
-            timeout=HANG_S * 3,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"interpreter exit hung; stdout={exc.stdout!r}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    """
+    lines = run_for_json(tmp_path, code, timeout=HANG_S * 3)
     assert lines == [{"a": "a"}, {"leaving": True}]

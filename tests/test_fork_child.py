@@ -11,16 +11,12 @@ of pytest would inherit pytest's state (and its exit would run pytest's hooks).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests._scripts import run_for_json
 from tests._tasks import TIMEOUT
 
 pytestmark = [
@@ -28,7 +24,6 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 CHILD_FAILURES = {
     1: "submit() in the child did not raise RuntimeError",
@@ -127,28 +122,8 @@ SCRIPT = """
 """
 
 
-def _run(tmp_path: Path) -> list[dict[str, Any]]:
-    script = tmp_path / "fork_child.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    paths = [os.environ.get("PYTHONPATH", ""), str(ROOT / "src"), str(ROOT)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=TIMEOUT * 3,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the script hung; stdout={exc.stdout!r} stderr={exc.stderr!r}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
 def test_an_inherited_executor_is_inert_in_a_forked_child(tmp_path: Path) -> None:
-    child, parent, end = _run(tmp_path)
+    child, parent, end = run_for_json(tmp_path, SCRIPT, timeout=TIMEOUT * 3)
     assert child["event"] == "child"
     assert not child["hung"], "the child hung (SIGALRM did not even end it)"
     assert child["exited"], f"the child died of signal {-child['code']} (hung?)"

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,12 +19,11 @@ import psutil
 import pytest
 
 import stalwart
+from tests._scripts import finish, start_script
 from tests._tasks import TIMEOUT
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def run_nested_pools(n: int) -> tuple[int, int]:
@@ -66,34 +62,6 @@ def test_a_parked_worker_outlives_the_thread_that_started_it(tmp_path: Path) -> 
 
 
 # -- in a fresh interpreter -------------------------------------------------------
-
-
-def start_script(tmp_path: Path, code: str) -> subprocess.Popen[str]:
-    script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(code))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-
-
-def finish(script: subprocess.Popen[str]) -> tuple[str, str]:
-    try:
-        out, err = script.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        script.kill()
-        out, err = script.communicate()
-        pytest.fail(f"script hung; stdout={out!r} stderr={err[-2000:]!r}")
-    assert script.returncode == 0, err
-    return out, err
 
 
 def is_gone(pid: int) -> bool:
@@ -176,7 +144,7 @@ def test_a_raw_fork_in_the_parent_leaves_its_workers_alone(tmp_path: Path) -> No
             ex.shutdown()
         """,
     )
-    out, err = finish(script)
+    out, err = finish(script, check=True)
     assert "Traceback" not in err, err
     assert "Exception ignored" not in err, err
     lines = out.splitlines()
@@ -207,7 +175,7 @@ def test_exit_with_live_and_parked_workers_is_prompt(tmp_path: Path) -> None:
         """,
     )
     started = time.monotonic()
-    out, err = finish(script)
+    out, err = finish(script, check=True)
     assert time.monotonic() - started < 10, "the interpreter took long to exit"
     assert "Traceback" not in err, err
     workers = [int(pid) for pid in out.split()]

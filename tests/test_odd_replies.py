@@ -8,11 +8,7 @@ the same executor as if nothing happened.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +16,10 @@ import pytest
 
 import stalwart
 from tests import _tasks, _trust_tasks
+from tests._scripts import run_for_json
 from tests._tasks import TIMEOUT
 
 pytestmark = pytest.mark.timeout(120)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_an_exception_that_rebuilds_as_a_non_exception_fails_its_task_only() -> None:
@@ -51,27 +46,6 @@ def test_a_task_whose_fork_returns_twice_answers_once() -> None:
         assert [f.result(timeout=TIMEOUT) for f in futures] == list(range(50))
         pids = {ex.submit(_tasks.pid).result(timeout=TIMEOUT) for _ in range(5)}
         assert pids == {worker}, "the worker was replaced: it was not in step"
-
-
-def _run_script(tmp_path: Path, code: str, *args: str) -> list[dict[str, Any]]:
-    """Run `code` with the venv's interpreter; its stdout's JSON lines."""
-    script = tmp_path / "odd_reply_script.py"
-    script.write_text(textwrap.dedent(code))
-    paths = [os.environ.get("PYTHONPATH", ""), str(ROOT / "src"), str(ROOT)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=TIMEOUT * 3,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the script hung; stdout={exc.stdout!r}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 RESULT_SIZE = 300_000_000
@@ -144,7 +118,13 @@ def _skip_unless_room_for_a_large_result() -> None:
 
 
 def _large_result_outcome(tmp_path: Path, headroom: float) -> dict[str, Any]:
-    lines = _run_script(tmp_path, LARGE_RESULT_SCRIPT, str(RESULT_SIZE), str(headroom))
+    lines = run_for_json(
+        tmp_path,
+        LARGE_RESULT_SCRIPT,
+        str(RESULT_SIZE),
+        str(headroom),
+        timeout=TIMEOUT * 3,
+    )
     if any(line["event"] == "refused" for line in lines):
         pytest.skip(f"cannot lower RLIMIT_AS here: {lines[-1]['why']}")
     assert lines[0] == {"event": "tiny", "value": 1}

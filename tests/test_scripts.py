@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,40 +9,11 @@ import textwrap
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests._leaks import is_process_wide_helper
+from tests._scripts import finish, script_env, start_script
 from tests._tasks import TIMEOUT
 from tests.conftest import wait_until
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def _run_script(tmp_path: Path, code: str) -> subprocess.Popen[str]:
-    script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(code))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-
-
-def _finish(process: subprocess.Popen[str]) -> tuple[str, str]:
-    try:
-        out, err = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"script hung; stdout={out!r} stderr={err[-2000:]!r}")
-    return out, err
 
 
 def _kill_and_expect_its_workers_to_exit(process: subprocess.Popen[str]) -> None:
@@ -63,7 +33,7 @@ def test_initializer_setting_a_main_global_is_seen_by_main_tasks(
     tmp_path: Path,
 ) -> None:
     """The classic stdlib pattern that cloudpickle-by-value breaks (loky #206, #359)."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import stalwart
@@ -83,7 +53,7 @@ def test_initializer_setting_a_main_global_is_seen_by_main_tasks(
                 print(ex.submit(lambda: predict("lambda")).result())
         """,
     )
-    out, err = _finish(process)
+    out, err = finish(process)
     assert process.returncode == 0, err
     assert out.splitlines() == ["['bert:0', 'bert:1', 'bert:2']", "bert:lambda"]
 
@@ -99,12 +69,11 @@ def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
             print(list(ex.map(square, range(4))))
         """
     )
-    env = {**os.environ, "PYTHONPATH": SRC}
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=env,
+        env=script_env(),
         timeout=TIMEOUT,
         cwd=tmp_path,
     )
@@ -113,7 +82,7 @@ def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
 
 
 def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import sys, threading
@@ -134,7 +103,7 @@ def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import os, time
@@ -156,7 +125,7 @@ def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
     wait_until(lambda: (tmp_path / "started-0").exists(), "the first task to start")
     workers = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGINT)
-    _, err = _finish(process)
+    _, err = finish(process)
     assert "KeyboardInterrupt" in err
     _, alive = psutil.wait_procs(
         [w for w in workers if not is_process_wide_helper(w)], timeout=3
@@ -169,7 +138,7 @@ def test_ctrl_c_inside_a_with_block_exits_promptly(tmp_path: Path) -> None:
 
 def test_interpreter_exit_completes_submitted_work(tmp_path: Path) -> None:
     """As in the stdlib: work submitted before exit runs, even without shutdown()."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import stalwart
@@ -184,14 +153,14 @@ def test_interpreter_exit_completes_submitted_work(tmp_path: Path) -> None:
             ex.shutdown(wait=False)
         """,
     )
-    _, err = _finish(process)
+    _, err = finish(process)
     assert process.returncode == 0, err
     assert (tmp_path / "out.txt").read_text() == "done"
 
 
 def test_an_executor_started_at_import_time_fails_clearly(tmp_path: Path) -> None:
     """No `if __name__ == "__main__":` guard: workers re-import the script."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import stalwart
@@ -207,14 +176,14 @@ def test_an_executor_started_at_import_time_fails_clearly(tmp_path: Path) -> Non
         ex.shutdown()
         """,
     )
-    out, err = _finish(process)
+    out, err = finish(process)
     assert "WorkerCrashedError" in out
     assert "__name__ == '__main__'" in out + err
 
 
 def test_ctrl_c_while_exit_waits_for_work_exits_promptly(tmp_path: Path) -> None:
     """shutdown(wait=False), script ends, exit waits for the work: Ctrl-C ends that."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import time
@@ -238,7 +207,7 @@ def test_ctrl_c_while_exit_waits_for_work_exits_promptly(tmp_path: Path) -> None
         if not is_process_wide_helper(w)
     ]
     process.send_signal(signal.SIGINT)
-    _finish(process)
+    finish(process)
     _, alive = psutil.wait_procs(workers, timeout=3)
     assert not alive, f"workers left running: {[p.pid for p in alive]}"
     assert not (tmp_path / "started-3").exists(), "queued work should be cancelled"
@@ -246,7 +215,7 @@ def test_ctrl_c_while_exit_waits_for_work_exits_promptly(tmp_path: Path) -> None
 
 def test_shutdown_without_wait_then_exit_ends_overdue_tasks(tmp_path: Path) -> None:
     """Exit waits for submitted work, and task_timeout bounds that wait."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import time
@@ -264,14 +233,14 @@ def test_shutdown_without_wait_then_exit_ends_overdue_tasks(tmp_path: Path) -> N
             )
         """,
     )
-    out, err = _finish(process)
+    out, err = finish(process)
     assert process.returncode == 0, err
     assert out.strip() == "TaskTimeoutError"
 
 
 def test_parked_workers_exit_with_the_interpreter(tmp_path: Path) -> None:
     """Warm workers, parked or held by get_reusable_executor, end at exit, fast."""
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import os
@@ -302,7 +271,7 @@ def test_parked_workers_exit_with_the_interpreter(tmp_path: Path) -> None:
             print(" ".join(map(str, held)), flush=True)
         """,
     )
-    out, err = _finish(process)
+    out, err = finish(process)
     assert process.returncode == 0, err
     parked_line, _ = out.splitlines()
     workers = [psutil.Process(int(p)) for p in out.split() if psutil.pid_exists(int(p))]
@@ -316,7 +285,7 @@ def test_parked_workers_exit_with_the_interpreter(tmp_path: Path) -> None:
 
 
 def test_parked_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
-    process = _run_script(
+    process = start_script(
         tmp_path,
         """
         import os, threading

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import stalwart
+from tests.conftest import returns_within
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,24 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 
 HANG_S = 10.0
 """How long a step may take before it counts as hung (each takes milliseconds)."""
-
-
-def returns_within(action: Callable[[], Any], what: str) -> None:
-    """Run `action` on a daemon thread; fail naming `what` if it hangs."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            action()
-        except BaseException as exc:
-            errors.append(exc)
-
-    runner = threading.Thread(target=run, name="test-runner", daemon=True)
-    runner.start()
-    runner.join(HANG_S)
-    assert not runner.is_alive(), f"{what} did not return within {HANG_S} s: a hang"
-    if errors:
-        raise errors[0]
 
 
 def on_done(future: Future[Any], action: Callable[[], Any]) -> threading.Event:
@@ -76,7 +59,7 @@ def test_callbacks_of_cancelled_futures_may_shut_the_executor_down() -> None:
     assert b_done.wait(HANG_S), "b's callback (shutdown) hung"
     assert a.result(timeout=HANG_S) is True
     assert b.cancelled()
-    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks")
+    returns_within(ex.shutdown, "shutdown(wait=True) after the callbacks", HANG_S)
 
 
 def test_a_done_callback_may_submit() -> None:
@@ -86,7 +69,7 @@ def test_a_done_callback_may_submit() -> None:
     returned = on_done(a, lambda: follow_ups.append(ex.submit(pow, 2, 4)))
     assert returned.wait(HANG_S), "a's callback (submit) hung"
     assert follow_ups[0].result(timeout=HANG_S) == 16
-    returns_within(ex.shutdown, "shutdown(wait=True)")
+    returns_within(ex.shutdown, "shutdown(wait=True)", HANG_S)
 
 
 def test_the_callback_of_a_cancelled_queued_future_may_submit() -> None:
@@ -102,7 +85,7 @@ def test_the_callback_of_a_cancelled_queued_future_may_submit() -> None:
         gate.set()
     assert follow_ups[0].result(timeout=HANG_S) == 32
     assert running.result(timeout=HANG_S) is True
-    returns_within(ex.shutdown, "shutdown(wait=True)")
+    returns_within(ex.shutdown, "shutdown(wait=True)", HANG_S)
 
 
 def test_shutdown_cancel_futures_from_a_done_callback_cancels_all_queued_work() -> None:
@@ -112,7 +95,7 @@ def test_shutdown_cancel_futures_from_a_done_callback_cancels_all_queued_work() 
     returned = on_done(running, lambda: ex.shutdown(wait=False, cancel_futures=True))
     gate.set()
     assert returned.wait(HANG_S), "the callback (shutdown, cancel_futures) hung"
-    returns_within(ex.shutdown, "shutdown(wait=True)")
+    returns_within(ex.shutdown, "shutdown(wait=True)", HANG_S)
     # Every future still queued when the callback ran is cancelled, the one the
     # thread would have run next included; none ran, none was counted twice.
     assert [f.cancelled() for f in queued] == [True] * 4
@@ -127,7 +110,7 @@ def test_shutdown_wait_from_a_done_callback_on_a_worker_thread_returns() -> None
     a = ex.submit(pow, 2, 3)
     returned = on_done(a, lambda: ex.shutdown(wait=True))
     assert returned.wait(HANG_S), "shutdown(wait=True) in a's callback hung"
-    returns_within(ex.shutdown, "shutdown(wait=True) after it")
+    returns_within(ex.shutdown, "shutdown(wait=True) after it", HANG_S)
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["ends", "parks"])

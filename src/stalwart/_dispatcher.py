@@ -171,7 +171,8 @@ class Dispatcher:
     def _taken_back(self, task: Task) -> None:
         """``cancel()`` revoked ``task`` in its worker (any thread)."""
         self.inbox.taken_back.put(task)
-        self.inbox.wake()
+        with self.inbox.lock:  # wake() only under it: the pipe may be closing
+            self.inbox.wake()
 
     def join(self) -> None:
         """Wait until the I/O thread is done with this executor (workers stopped
@@ -336,6 +337,8 @@ class Dispatcher:
     def _retire_surplus(self, pipes: Pipes) -> None:
         """After a resize (get_reusable_executor): idle workers beyond
         max_workers exit; busy ones are sent nothing more once others suffice."""
+        if len(self.slots) <= self.inbox.max_workers:
+            return  # the common case, every round: nothing to count
         surplus = len(self._live_slots()) - self.inbox.max_workers
         for slot in list(self.slots):
             if surplus <= 0:

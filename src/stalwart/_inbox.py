@@ -96,6 +96,8 @@ class Inbox:
         return self._wake_r
 
     def wake(self) -> None:
+        # Called with `lock` held: close_wake_pipe() closes the fds under it, and
+        # a write after that could land in a file that reused the fd number.
         # One byte per wake-up at most: the flag stays set until the I/O thread
         # has drained the pipe, and it drains before it looks at `pending`, so a
         # task appended after that look always finds the flag cleared.
