@@ -41,6 +41,7 @@ ORDER = (
     "bench_map_memory",
     "bench_thread",
     "bench_reuse",
+    "bench_startup",
     "bench_dask",
 )
 """The contract's order; any other ``bench_*.py`` follows, alphabetically."""

@@ -14,6 +14,10 @@ PROCESS_WIDE_HELPERS = ("resource_tracker", "forkserver")
 """multiprocessing's and loky's resource trackers and the forkserver: one per
 interpreter, started on first use and kept until exit by design."""
 
+TEMPLATE_NAME = "stalwart-tmpl"
+"""stalwart's template process (one per interpreter, by design), by the name it
+shows in ``ps -o comm``; the workers it forks are not helpers."""
+
 
 def is_process_wide_helper(process: psutil.Process) -> bool:
     """A zombie, a process already gone, or one of PROCESS_WIDE_HELPERS."""
@@ -21,9 +25,10 @@ def is_process_wide_helper(process: psutil.Process) -> bool:
         if process.status() == psutil.STATUS_ZOMBIE:
             return True
         command = " ".join(process.cmdline())
+        name = process.name()
     except psutil.NoSuchProcess:
         return True
-    return any(helper in command for helper in PROCESS_WIDE_HELPERS)
+    return name == TEMPLATE_NAME or any(h in command for h in PROCESS_WIDE_HELPERS)
 
 
 def worker_processes(exclude: Collection[int] = ()) -> list[psutil.Process]:

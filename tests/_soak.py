@@ -178,10 +178,14 @@ def stalwart_executor(plan: RoundPlan, workers: int = 2) -> Executor:
 
 
 def warm_up(make_executor: Callable[[RoundPlan], Executor]) -> None:
-    """Let an executor start its process-wide helpers (resource trackers, which
-    stay until exit by design) before a round counts file descriptors."""
+    """Let an executor start its process-wide helpers (resource trackers, and
+    stalwart's template process, which replacement workers come from: they stay
+    until exit by design) before a round counts file descriptors."""
     executor = make_executor(plan_round(0, 0, 0))
     executor.submit(abs, -1).result(timeout=60)
+    with contextlib.suppress(Exception):  # the stdlib's pool breaks: that is all
+        executor.submit(os._exit, 1).result(timeout=60)
+        executor.submit(abs, -1).result(timeout=60)
     executor.shutdown(wait=True)
 
 

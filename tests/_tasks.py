@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import stalwart
 
@@ -74,10 +74,19 @@ def raise_unpicklable_error() -> None:
 
 
 class NeedsTwoArgsError(Exception):
-    """Pickles fine, but unpickling calls __init__ with one argument and fails."""
+    """Pickles fine, but cannot be rebuilt from its pickle. (Plain pickle would
+    call __init__ with one argument, but tblib, which dask installs, rebuilds
+    such exceptions anyway: so the rebuild itself refuses.)"""
 
     def __init__(self, a: str, b: str) -> None:
         super().__init__(f"{a} {b}")
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _refuse_to_rebuild, (str(self),)
+
+
+def _refuse_to_rebuild(message: str) -> NoReturn:
+    raise TypeError(f"NeedsTwoArgsError({message!r}) cannot be rebuilt")
 
 
 def raise_needs_two_args() -> None:

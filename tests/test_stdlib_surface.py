@@ -73,8 +73,9 @@ def test_mp_context_is_the_context_in_use() -> None:
     with stalwart.ProcessPoolExecutor(max_workers=1, mp_context="spawn") as by_name:
         assert by_name._mp_context.get_start_method() == "spawn"
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
-        # The documented default: fresh interpreters that import __main__.
-        assert ex._mp_context.get_start_method() == "loky_init_main"
+        # The documented default: fork the caller where provably safe, else
+        # fork a template interpreter that imported __main__ (README).
+        assert ex._mp_context.get_start_method() == "stalwart"
         assert callable(ex._mp_context.Process)
 
 

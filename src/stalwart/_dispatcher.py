@@ -34,11 +34,13 @@ from typing import TYPE_CHECKING
 
 from stalwart import (
     _claims,
+    _forking,
     _outcomes,
     _parking,
     _reuse,
     _scheduler,
-    _spawn,
+    _startup,
+    _template,
 )
 from stalwart._endings import LIVENESS_CHECK_S, Endings
 from stalwart._inbox import Inbox, PoolState
@@ -123,6 +125,7 @@ class Dispatcher:
                 live_dispatchers.add(self)
                 idle.hand_over(self)
                 return
+        self._fork_workers_from_caller()
         thread = threading.Thread(
             target=_io_thread_main,
             args=([self],),
@@ -180,6 +183,12 @@ class Dispatcher:
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             self.finished.wait()
+            if self.reuse is None:
+                # It ends now: once it is gone from the kernel's thread list,
+                # the next executor may fork this process again.
+                thread.join()
+                if thread.native_id is not None:
+                    _forking.wait_until_gone([thread.native_id])
 
     # -- the I/O thread ----------------------------------------------------------------
 
@@ -306,12 +315,37 @@ class Dispatcher:
     def _live_slots(self) -> list[WorkerSlot]:
         return [slot for slot in self.slots if slot.state is not WorkerState.STOPPING]
 
-    def _start_worker(self, endings: Endings) -> None:
-        claims = _claims.ClaimTable(self.context)
-        config = dataclasses.replace(self.worker_config, claims=claims)
-        parent_end, child_end = self.context.Pipe(duplex=True)
+    def _fork_workers_from_caller(self) -> None:
+        """Where forking this process is provably safe (``_forking``), start
+        every worker now, by forking the caller, before the I/O thread starts:
+        the stdlib's fork speed, where fork cannot hurt. Later workers, and all
+        of them where it is not safe, start as ``_startup.plan`` says."""
+        hazard = _startup.caller_fork_hazard(self.context)
+        if hazard is not None:
+            if _startup.may_fork_caller(self.context):
+                logger.debug("not forking the caller: %s", hazard)
+            return
+        endings = self.endings
+        assert endings is not None
         try:
-            process = _spawn.start_worker_process(self.context, child_end, config)
+            for _ in range(self.inbox.max_workers):
+                self._start_worker(endings, _startup.FORK_CALLER)
+        except Exception as exc:  # noqa: BLE001 - the I/O thread starts the rest
+            logger.debug("forking the caller failed (%s); using the template", exc)
+        self.workers_wanted = len(self.slots)
+        if self.worker_config.max_tasks is not None:
+            _template.template.start_soon()  # its replacements will come from there
+
+    def _start_worker(
+        self, endings: Endings, start: _startup.WorkerStart | None = None
+    ) -> None:
+        if start is None:
+            start = _startup.plan(self.context)
+        claims = _claims.ClaimTable(start.context)
+        config = dataclasses.replace(self.worker_config, claims=claims)
+        parent_end, child_end = start.context.Pipe(duplex=True)
+        try:
+            process = start.start(child_end, config)
         except BaseException:
             parent_end.close()
             claims.close()
@@ -327,7 +361,7 @@ class Dispatcher:
         if endings.deaths_to_replace:
             endings.deaths_to_replace -= 1
             self.stats.workers_replaced += 1
-        logger.debug("started worker %s", process.pid)
+        logger.debug("started worker %s: %s", process.pid, start.how)
 
     def _add_slot(self, slot: WorkerSlot) -> None:
         assert self.pipes is not None

@@ -52,7 +52,7 @@ than we freeze; the bound keeps a fork bomb from keeping the worker alive."""
 
 def hold_on_to_parent(poll_interval_s: float) -> None:
     """Make this worker die with its parent; exit at once if it is gone already."""
-    _ask_kernel_to_kill_us_with_parent()
+    ask_kernel_to_kill_us_with_parent()
     # The order matters: a parent that died before prctl sends no signal, so
     # look only once the kernel is watching.
     lifeline = _Lifeline()
@@ -121,7 +121,7 @@ def kill_descendants() -> None:
         _send(pid, signal.SIGKILL)
 
 
-def _ask_kernel_to_kill_us_with_parent() -> bool:
+def ask_kernel_to_kill_us_with_parent() -> bool:
     """PR_SET_PDEATHSIG(SIGKILL) on Linux; False where the kernel offers none."""
     if not sys.platform.startswith("linux"):
         return False

@@ -55,7 +55,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _options, _pickling
+from stalwart import _options, _pickling, _wire
 from stalwart._progress import check_progress, open_progress
 from stalwart.errors import PicklingError, RemoteError
 
@@ -247,6 +247,7 @@ def run_chunk(
     """
     started = time.perf_counter()
     results: list[Any] = []
+    failure = None
     try:
         for args in chunk:
             results.append(fn(*args))  # noqa: PERF401 - kept when an item raises
@@ -254,7 +255,13 @@ def run_chunk(
         # Never on the exception itself: two chunks may raise the same instance
         # (a module-level constant, an error kept and re-raised) at once, on
         # two threads, and each must keep its own results.
-        raise _ChunkFailure(results, exc) from None
+        failure = _ChunkFailure(results, exc)
+    if failure is not None:
+        # Raised out here, it has no __context__: picklers that carry one along
+        # (tblib's, which dask installs) would otherwise take the item's
+        # exception, which may not pickle, next to the wrapper that makes sure
+        # it travels.
+        raise failure
     return time.perf_counter() - started, results
 
 
@@ -311,6 +318,7 @@ class _ChunkFailure(Exception):
         """(the results before the failing item, its exception), the worker's
         traceback attached as the exception's cause when it came from one."""
         if self.remote_traceback is not None:
+            _wire.without_rebuilt_traceback(self.error)
             # typeshed has the argument as a traceback; it is the formatted text.
             cause = _RemoteTraceback(self.remote_traceback)  # type: ignore[arg-type]
             self.error.__cause__ = cause

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 DEFAULT_IDLE_TIMEOUT_S = 60.0
 """How long a worker parked by a ``reuse=True`` executor waits to be adopted."""
 
-DEFAULT_START_METHOD = "loky_init_main"
-"""loky's fork+exec start: a fresh interpreter, safe when the parent runs threads
-or has initialised CUDA (plain ``fork`` is neither), which imports the main
-script as spawn does, so ``__main__`` functions can travel by reference."""
+DEFAULT_START_METHOD = "stalwart"
+"""Fork the caller where that is provably safe, else fork a template interpreter
+that preloaded the parent's modules (``_startup``): fork's speed, spawn's safety
+when the parent runs threads or has initialised CUDA (plain ``fork`` is not)."""
 
 
 def usable_cpu_count() -> int:
@@ -52,17 +52,26 @@ def resolve_max_workers(max_workers: int | None) -> int:
 
 
 def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
-    """Accept a multiprocessing context, a start-method name, or None (loky's)."""
+    """Accept a multiprocessing context, a start-method name, or None (stalwart's)."""
     if mp_context is None:
         mp_context = DEFAULT_START_METHOD
     if isinstance(mp_context, str):
+        from stalwart import _startup  # imports the template machinery
+
+        if mp_context in _startup.START_METHODS:
+            return _startup.START_METHODS[mp_context]
         if mp_context.startswith("loky"):
             context: BaseContext = loky.backend.get_context(mp_context)
             return context
         try:
             return multiprocessing.get_context(mp_context)
         except ValueError:
-            methods = ["loky", *multiprocessing.get_all_start_methods()]
+            methods = [
+                "stalwart",
+                "template",
+                "loky",
+                *multiprocessing.get_all_start_methods(),
+            ]
             raise ValueError(
                 f"mp_context must be a multiprocessing context or one of the start "
                 f"methods {methods}; got {mp_context!r}"

@@ -66,7 +66,7 @@ from concurrent.futures import Executor
 from multiprocessing import process as mp_process
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _claims, _dispatcher, _map, _pickling, _reuse
+from stalwart import _claims, _dispatcher, _map, _pickling, _reuse, _startup
 from stalwart._dispatcher import Dispatcher
 from stalwart._inbox import Abort, Inbox, PoolState
 from stalwart._settings import PoolSettings
@@ -183,10 +183,12 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         self._dispatcher = dispatcher = Dispatcher(
             inbox, settings.context, settings.config, settings.retries, settings.reuse
         )
+        warm = []
         if settings.reuse is not None:
-            dispatcher.adopt(
-                _reuse.PROCESSES.adopt(settings.reuse.key, settings.max_workers)
-            )
+            warm = _reuse.PROCESSES.adopt(settings.reuse.key, settings.max_workers)
+            dispatcher.adopt(warm)
+        if not warm:
+            _startup.prepare(settings.context)  # the template, if it will be needed
         # Dropped without shutdown(): finish the submitted work, then stop (stdlib).
         self._finalizer = weakref.finalize(
             self, _request_shutdown, inbox, dispatcher, os.getpid(), False, None

@@ -51,9 +51,18 @@ logger = logging.getLogger("stalwart")
 
 
 def start_worker_process(
-    context: BaseContext, child_end: Connection, config: WorkerConfig
+    context: BaseContext,
+    child_end: Connection,
+    config: WorkerConfig,
+    *,
+    on_spawner_thread: bool = True,
 ) -> BaseProcess:
-    """Start one worker running ``_worker.run_worker`` on its end of a duplex pipe."""
+    """Start one worker running ``_worker.run_worker`` on its end of a duplex pipe.
+
+    ``on_spawner_thread=False`` starts it in the calling thread: for a fork of
+    the caller (the only thread there is) and for the template's workers (the
+    template, not this process, is their kernel parent).
+    """
     process: BaseProcess = context.Process(  # type: ignore[attr-defined]
         target=_worker.run_worker,
         args=(child_end, config),
@@ -62,9 +71,18 @@ def start_worker_process(
     )
     # Recorded before it starts: a fork in another thread meanwhile must find it.
     _started.add(process)
-    _spawner.start(process)
+    if on_spawner_thread:
+        _spawner.start(process)
+    else:
+        process.start()
     _give_kill_to(process)
     return process
+
+
+def start_helper_process(process: BaseProcess) -> None:
+    """Start a process of stalwart's own (the template) from the spawner thread,
+    whose life its kernel parent-death signal follows."""
+    _spawner.start(process)
 
 
 def _give_kill_to(process: BaseProcess) -> None:

@@ -164,8 +164,22 @@ def outcome(reply: tuple[Any, ...]) -> tuple[bool, Any]:
             f"{error!r}: its __reduce__ does not rebuild an exception",
             str(reply[3]),
         )
+    error = without_rebuilt_traceback(error)
     error.__cause__ = _RemoteTraceback(reply[3])
     return False, error
+
+
+def without_rebuilt_traceback(error: BaseException) -> BaseException:
+    """``error`` as plain pickle rebuilds it: no ``__traceback__``, no ``__context__``.
+
+    tblib (which dask installs) pickles both, and rebuilds the traceback by
+    raising here, in the I/O thread: its frames would keep the dispatcher's
+    stack (worker process objects and their pipes among it) alive for as long
+    as the user keeps the error. The worker's traceback travels as text, the
+    cause, as the stdlib's does.
+    """
+    error.__context__ = None
+    return error.with_traceback(None)
 
 
 class Unreadable:
