@@ -45,7 +45,9 @@ CLASS_NAMES = {
 
 def start_method(name: str) -> str:
     """The start method each contender uses by default (each runs with its default)."""
-    if name in ("stalwart", "loky"):
+    if name == "stalwart":
+        return "stalwart (the caller forked where safe, else its template)"
+    if name == "loky":
         return "loky (fork+exec)"
     return multiprocessing.get_start_method()  # stdlib and pebble: Python's default
 

@@ -203,8 +203,9 @@ def machine() -> list[str]:
         f"- OS: {_os()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()} "
         f"(`{sys.executable}`); default start method "
-        f"`{multiprocessing.get_start_method()}` (stdlib, pebble); stalwart and "
-        "loky start workers with loky's fork+exec",
+        f"`{multiprocessing.get_start_method()}` (stdlib, pebble); loky starts "
+        "workers with its fork+exec; stalwart forks the caller where provably "
+        "safe, else its template process (README, 'How workers start')",
         f"- Versions: stalwart {stalwart}; loky {_version('loky')}; "
         f"cloudpickle {_version('cloudpickle')}; pebble {_version('pebble')}; "
         f"psutil {_version('psutil')}",
