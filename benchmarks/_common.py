@@ -225,6 +225,10 @@ def emit(
             json.dump(report, out, indent=2)
 
 
+TEMPLATE_NAME = "stalwart-tmpl"
+"""stalwart's template process (README, "How workers start"), one per program
+by design, by the name ``ps -o comm`` shows; the workers it forks are checked."""
+
 HELPER_MARKERS = ("resource_tracker", "forkserver")
 """Command-line marks of the start methods' helper processes, which stay for the
 life of the program by design and so are no leak."""
@@ -249,9 +253,10 @@ class ChildWatch:
                 if child.status() == psutil.STATUS_ZOMBIE:
                     continue  # it has exited; only its exit status is left to reap
                 cmdline = " ".join(child.cmdline())
+                name = child.name()
             except psutil.Error:
                 continue  # it exited while we looked
-            if any(marker in cmdline for marker in HELPER_MARKERS):
+            if name == TEMPLATE_NAME or any(m in cmdline for m in HELPER_MARKERS):
                 self.allowed.add(child.pid)
                 continue
             leaked.append((child, cmdline))
