@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 import psutil
@@ -303,13 +304,16 @@ def fake_proc(tmp_path: Path, threads: int, fds: dict[str, str]) -> str:
         (1, {"7": "/dev/nvidiactl"}, "accelerator runtime holds /dev/nvidiactl"),
         (1, {"7": "/dev/kfd"}, "accelerator runtime holds /dev/kfd"),
         (1, {"7": "/dev/dri/renderD128"}, "accelerator runtime"),
-        (1, {"9": "socket:[4242]"}, "a socket is open"),
+        (1, {"9": "socket:[4242]"}, "a connection is open (fd 9)"),
+        (1, {"8": "socket:[4243]"}, None),  # an anonymous pair: plumbing
     ],
 )
 def test_fork_hazard_reads_threads_devices_and_sockets(
     tmp_path: Path, threads: int, fds: dict[str, str], hazard: str | None
 ) -> None:
-    found = _forking.fork_hazard(proc=fake_proc(tmp_path, threads, fds))
+    found = _forking.fork_hazard(
+        proc=fake_proc(tmp_path, threads, fds), is_connection=lambda fd: fd == 9
+    )
     if hazard is None:
         assert found is None
     else:
@@ -319,7 +323,22 @@ def test_fork_hazard_reads_threads_devices_and_sockets(
 
 def test_fork_hazard_ignores_the_callers_own_descriptors(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, 1, {"5": "socket:[1]"})
-    assert _forking.fork_hazard(ignore_fds={5}, proc=proc) is None
+    connected = _forking.fork_hazard(proc=proc, is_connection=lambda fd: True)
+    assert connected is not None
+    ignored = _forking.fork_hazard({5}, proc=proc, is_connection=lambda fd: True)
+    assert ignored is None
+
+
+def test_which_sockets_are_connections() -> None:
+    """A socket pair is plumbing; a TCP socket, or a named Unix one, is not."""
+    left, right = socket.socketpair()
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind("\0stalwart-test-" + str(os.getpid()))  # the abstract namespace
+    with left, right, tcp, named:
+        assert not _forking.socket_is_connection(left.fileno())
+        assert _forking.socket_is_connection(tcp.fileno())
+        assert _forking.socket_is_connection(named.fileno())
 
 
 def test_a_forked_worker_is_a_child_of_the_caller(tmp_path: Path) -> None:

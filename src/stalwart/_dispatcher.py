@@ -327,6 +327,10 @@ class Dispatcher:
             return
         endings = self.endings
         assert endings is not None
+        # What every worker imports as it starts, imported once, here: the
+        # forks inherit it.
+        from stalwart import _lifeline  # noqa: F401
+
         try:
             for _ in range(self.inbox.max_workers):
                 self._start_worker(endings, _startup.FORK_CALLER)

@@ -11,7 +11,10 @@ that, from the kernel's point of view (``/proc/self``), so that native threads
 - no file descriptor open on an accelerator device (``/dev/nvidia*``, AMD's
   ``/dev/kfd`` and ``/dev/dri/*``, ``/dev/accel/*``): a CUDA or ROCm runtime that
   was initialised keeps them open;
-- no socket: a database or HTTP connection, a ZeroMQ or asyncio endpoint.
+- no socket that is a connection or an endpoint: a TCP/UDP socket (a database,
+  an HTTP client, ZeroMQ), a listening socket, or a Unix socket with a name at
+  either end. Anonymous socket pairs (asyncio's self-pipe, multiprocessing's
+  duplex pipes) are plumbing inside this process, and do not count.
 
 Anything else (or no ``/proc``: macOS) is a hazard, and the caller is not forked.
 """
@@ -19,13 +22,14 @@ Anything else (or no ``/proc``: macOS) is a hazard, and the caller is not forked
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable
+    from collections.abc import Callable, Collection, Iterable
 
 PROC_SELF = "/proc/self"
 
@@ -37,12 +41,19 @@ THREAD_EXIT_WAIT_S = 0.05
 thread list (CPython's join() returns a moment before the thread is gone)."""
 
 
-def fork_hazard(ignore_fds: Collection[int] = (), proc: str = PROC_SELF) -> str | None:
+def fork_hazard(
+    ignore_fds: Collection[int] = (),
+    proc: str = PROC_SELF,
+    is_connection: Callable[[int], bool] | None = None,
+) -> str | None:
     """Why forking this process now could hurt the child, or None if it cannot.
 
     ``ignore_fds``: descriptors the caller knows to be its own (the template's
-    socket to its parent).
+    socket to its parent). ``proc`` and ``is_connection`` stand in for
+    ``/proc/self`` and the socket check in tests.
     """
+    if is_connection is None:
+        is_connection = socket_is_connection
     if not sys.platform.startswith("linux") or not os.path.isdir(proc):
         return "no /proc/self to prove this process single-threaded"
     if threading.current_thread() is not threading.main_thread():
@@ -50,12 +61,35 @@ def fork_hazard(ignore_fds: Collection[int] = (), proc: str = PROC_SELF) -> str 
     threads = _count(f"{proc}/task")
     if threads != 1:
         return f"{threads} threads are running (fork copies only the caller)"
-    for target in _open_files(f"{proc}/fd", ignore_fds):
+    fds = _open_files(f"{proc}/fd", ignore_fds)
+    if fds is None:
+        return "its file descriptors cannot be listed"
+    for fd, target in fds:
         if target.startswith(ACCELERATOR_DEVICES):
             return f"an accelerator runtime holds {target} open"
-        if target.startswith("socket:"):
-            return "a socket is open (a connection must not be shared)"
+        if target.startswith("socket:") and is_connection(fd):
+            return f"a connection is open (fd {fd}), which must not be shared"
     return None
+
+
+def socket_is_connection(fd: int) -> bool:
+    """Whether socket ``fd`` reaches beyond this process: not an anonymous pair."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return True  # cannot tell: a hazard
+    with sock:
+        if sock.family != socket.AF_UNIX:
+            return True  # TCP, UDP, netlink...: a connection or an endpoint
+        try:
+            local = sock.getsockname()
+        except OSError:
+            return True
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = ""  # not connected (a bound or listening socket has a name)
+        return bool(local) or bool(peer)
 
 
 def wait_until_gone(native_ids: Iterable[int], proc: str = PROC_SELF) -> None:
@@ -75,18 +109,22 @@ def _count(directory: str) -> int:
         return 0  # unreadable: counts as a hazard (not exactly one)
 
 
-def _open_files(directory: str, ignore_fds: Collection[int]) -> list[str]:
-    """What each open file descriptor points at (``socket:[...]``, a path)."""
-    targets = []
+def _open_files(
+    directory: str, ignore_fds: Collection[int]
+) -> list[tuple[int, str]] | None:
+    """(fd, what it points at: ``socket:[...]``, a path) for each open fd;
+    None if the table cannot be read."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return ["socket: unreadable fd table"]  # unprovable: a hazard
+        return None
+    targets = []
     for name in names:
-        if name.isdigit() and int(name) in ignore_fds:
+        fd = int(name)
+        if fd in ignore_fds:
             continue
         try:
-            targets.append(os.readlink(f"{directory}/{name}"))
+            targets.append((fd, os.readlink(f"{directory}/{name}")))
         except OSError:
             continue  # closed meanwhile (the listing's own fd among them)
     return targets

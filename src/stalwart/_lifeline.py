@@ -31,6 +31,7 @@ its task started, and exits, but not before a C call holding the GIL returns.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import multiprocessing
@@ -38,7 +39,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -58,12 +58,11 @@ def hold_on_to_parent(poll_interval_s: float) -> None:
     lifeline = _Lifeline()
     if lifeline.parent_is_gone():
         end_orphaned_worker()
-    threading.Thread(
-        target=lifeline.watch,
-        args=(poll_interval_s,),
-        name="stalwart-parent-watchdog",
-        daemon=True,
-    ).start()
+    # A bare thread, not threading.Thread: its start() waits until the new
+    # thread has run, which on a busy machine delayed a worker's READY by
+    # milliseconds (most of a forked worker's start-up). Like a daemon thread
+    # it does not hold up the worker's exit.
+    _thread.start_new_thread(lifeline.watch, (poll_interval_s,))
 
 
 class _Lifeline:

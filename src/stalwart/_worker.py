@@ -179,15 +179,27 @@ def _serve(conn: Connection, config: WorkerConfig, environment: _Environment) ->
             environment.restore()  # RESET: we are being parked
             continue
         last_seq = calls[-1][1]
-        conn.send_bytes(pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST))
+        if not _send(conn, pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST)):
+            return
         for task_id, seq, call in calls:
             if not claims.start(seq):
                 continue  # the parent took it back (cancelled, or for another worker)
-            conn.send_bytes(run_call(task_id, call, config.by_value))
+            if not _send(conn, run_call(task_id, call, config.by_value)):
+                return
             if tasks_left is not None:
                 tasks_left -= 1
         if tasks_left is not None and tasks_left <= 0:
             return  # recycled: the parent sends no more than max_tasks
+
+
+def _send(conn: Connection, frame: bytes) -> bool:
+    """Send a frame; False if the parent has closed our pipe (it shut us down
+    while we worked, or died): then we end quietly, as on EOF."""
+    try:
+        conn.send_bytes(frame)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
 
 
 def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
