@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import stalwart
-from tests import _trust_tasks
+from tests import _tasks, _trust_tasks
 from tests._tasks import TIMEOUT
 
 if TYPE_CHECKING:
@@ -132,3 +132,19 @@ def test_cancelled_futures_count_as_done_for_wait_and_as_completed() -> None:
                     future.result(0)
     assert ex.stats().tasks_cancelled >= 1
     assert os.getpid()  # the parent carries on
+
+
+def test_cancels_racing_a_workers_answers_lose_no_result() -> None:
+    """cancel() revokes calls sent ahead while the worker is answering the
+    ones after them: the answer can reach the parent before the revocation
+    does, and must still find its call (no result lost, nothing hangs)."""
+    with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
+        for _ in range(20):
+            futures = [ex.submit(_tasks.echo, i) for i in range(2000)]
+            futures[0].result(timeout=TIMEOUT)  # a backlog is sent ahead now
+            cancelled = {i for i in range(1, 2000, 2) if futures[i].cancel()}
+            for i, future in enumerate(futures):
+                if i in cancelled:
+                    assert future.cancelled()
+                else:
+                    assert future.result(timeout=TIMEOUT) == i

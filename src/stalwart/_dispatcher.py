@@ -90,7 +90,7 @@ class Dispatcher:
         self.ids = itertools.count()
         self.slots: list[WorkerSlot] = []
         self.ledger = Ledger()
-        self.replies = Replies(self.ledger)
+        self.replies = Replies(self.ledger, inbox)
         self.workers_wanted = 0  # grows on demand up to max_workers
         # The I/O side exists only with the I/O thread (an executor that never
         # ran a call holds no file descriptor).

@@ -75,15 +75,20 @@ class Ledger:
             task = queue.get_nowait()
             slot = task.slot
             if slot is None or task not in slot.in_flight:
-                continue  # it had already left (its worker died, or was stolen from)
-            slot.in_flight.remove(task)
-            slot.give_back(task)
-            if task.future.cancelled():  # waits for cancel() to finish with it
-                self.drop_cancelled(task)
-            else:
-                # cancel() was interrupted (Ctrl-C) between revoking the call
-                # and cancelling its future: the call is still wanted.
-                inbox.pending.appendleft(task)
+                continue  # it had already left (its worker died, was stolen
+                # from, or skipped it: see Replies)
+            self.settle_revoked(slot, task, inbox)
+
+    def settle_revoked(self, slot: WorkerSlot, task: Task, inbox: Inbox) -> None:
+        """``task`` leaves ``slot``'s backlog unstarted: ``cancel()`` revoked it."""
+        slot.in_flight.remove(task)
+        slot.give_back(task)
+        if task.future.cancelled():  # waits for cancel() to finish with it
+            self.drop_cancelled(task)
+        else:
+            # cancel() was interrupted (Ctrl-C) between revoking the call
+            # and cancelling its future: the call is still wanted.
+            inbox.pending.appendleft(task)
 
     def cancel_unstarted(self, slots: list[WorkerSlot], inbox: Inbox) -> None:
         """shutdown(cancel_futures=True): cancel every call not started, queued

@@ -17,6 +17,7 @@ from stalwart import _outcomes, _scheduler, _wire
 from stalwart._slot import WorkerState
 
 if TYPE_CHECKING:
+    from stalwart._inbox import Inbox
     from stalwart._ledger import Ledger
     from stalwart._slot import Task, WorkerSlot
 
@@ -26,8 +27,9 @@ logger = logging.getLogger("stalwart")
 class Replies:
     """Acts on workers' messages; keeps the measured average task time."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, inbox: Inbox) -> None:
         self.ledger = ledger
+        self.inbox = inbox
         self.avg_busy_s: float | None = None  # what the scheduler sizes batches by
         self.consecutive_start_failures = 0  # reset by each READY
 
@@ -74,6 +76,8 @@ class Replies:
         self, slot: WorkerSlot, task_id: int | None, busy_s: float | None
     ) -> Task | None:
         """Pop the call a worker answered (the oldest in flight)."""
+        if task_id is not None:
+            self._settle_skipped(slot, task_id)
         if not slot.in_flight or (
             task_id is not None and slot.in_flight[0].id != task_id
         ):
@@ -95,6 +99,22 @@ class Replies:
             self.avg_busy_s = busy_s if avg is None else 0.9 * avg + 0.1 * busy_s
         slot.note_running()
         return task
+
+    def _settle_skipped(self, slot: WorkerSlot, task_id: int) -> None:
+        """The calls ahead of ``task_id`` were skipped by the worker.
+
+        A worker runs its calls in order and skips only those whose ``cancel()``
+        revoked them; the user's thread tells us so through ``taken_back``, but
+        the worker's next answer may arrive first. Settled here, as
+        ``taken_back`` would, so that the answer finds its call at the head.
+        """
+        in_flight = slot.in_flight
+        if not in_flight or in_flight[0].id == task_id:
+            return
+        if all(task.id != task_id for task in in_flight):
+            return  # not ours at all: warned about by the caller
+        while in_flight[0].id != task_id:
+            self.ledger.settle_revoked(slot, in_flight[0], self.inbox)
 
     def _on_received(self, slot: WorkerSlot, last_seq: int) -> None:
         """The worker read every call up to ``last_seq``: drop our copies of
