@@ -259,6 +259,16 @@ def serialize_result(value: object, *, task: str, by_value: bool = False) -> byt
     Raises PicklingError whose path starts at ``result``, e.g. ``result[0]._lock``.
     ``task`` is the short description of the task that the message names.
     """
+    if not by_value:
+        # By reference first, whatever __main__ is: the parent resolves what
+        # pickles here (its own __main__ included: a worker's is a copy or a
+        # re-import of it), and pickle refuses a reference it could not check.
+        # Without a main script file (python -c, Jupyter) dumps() would use
+        # cloudpickle for every result: ten times the cost on a small one.
+        try:
+            return _pickle_dumps(value, _PROTOCOL)
+        except _PICKLING_FAILURES:
+            pass
     try:
         return dumps(value, by_value=by_value)
     except MemoryError:
