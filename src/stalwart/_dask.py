@@ -67,6 +67,10 @@ logger = logging.getLogger("stalwart")
 
 INSTALL_HINT = "pip install 'stalwart[dask]'"
 
+MAX_LOST_RESUBMITS = 3
+"""How often a task that dask dropped unasked (its result lost with a dead
+worker) is submitted again before it fails with CancelledError."""
+
 FORGET_TIMEOUT_S = 5.0
 """How long a timed-out task's worker is spared while the scheduler has not yet
 dropped the task: killing it sooner would make dask run the task elsewhere."""
@@ -97,6 +101,7 @@ class _DaskTask:
         "future",
         "key",
         "kwargs",
+        "lost",
         "started",
         "timed_out",
         "timeout",
@@ -118,6 +123,7 @@ class _DaskTask:
         self.call = call  # kept: dask may give up on it and it is submitted again
         self.timeout = timeout
         self.attempts = 0  # times dask gave up on it (KilledWorker)
+        self.lost = 0  # times dask dropped it unasked (see _resubmit_lost)
         self.timed_out = False
         self.dask_future: Any = None
         self.key = ""
@@ -299,6 +305,8 @@ class _Session:
             else:
                 self._fail(task, error)
         elif not task.future.cancelled():
+            if self._resubmit_lost(task):
+                return
             self._fail(
                 task,
                 CancelledError(
@@ -325,6 +333,22 @@ class _Session:
             self._succeed(task, value)
         else:
             self._fail(task, value)
+
+    def _resubmit_lost(self, task: _DaskTask) -> bool:
+        """dask cancelled ``task`` though nobody asked: submit it again, while
+        the client runs, at most ``MAX_LOST_RESUBMITS`` times.
+
+        When a worker dies holding a finished task's result, the scheduler
+        computes the key again, but a client gathering it at that moment can
+        drop its future as cancelled ("Couldn't gather keys"). The result is
+        lost, not refused: dask itself would compute it again.
+        """
+        if task.lost >= MAX_LOST_RESUBMITS or self.client.status != "running":
+            return False
+        task.lost += 1
+        logger.debug("dask dropped %s unasked; submitting it again", task.describe())
+        self._send(task)
+        return True
 
     def _on_killed_worker(self, task: _DaskTask, error: BaseException) -> None:
         task.attempts += 1
