@@ -64,8 +64,8 @@ class Replies:
 
     def _on_answer(self, slot: WorkerSlot, answer: _wire.Answer) -> None:
         task = self._answered(slot, answer.task_id, answer.busy_s)
-        if task is None:
-            return
+        if task is None or not task.started:
+            return  # not ours, or its future was cancelled: nobody waits for it
         try:
             succeeded, value = answer.outcome()
         except BaseException as exc:  # noqa: BLE001 - fails that task only
