@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import socket
 import struct
 import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stalwart import _wire
+from stalwart import _outofband, _wire
 from stalwart._wire import FrameReader, frame_header
 
 if TYPE_CHECKING:
@@ -211,17 +213,73 @@ def test_frames_read_as_they_arrive_round_trip() -> None:
 # -- batches and replies ----------------------------------------------------------------
 
 
+def packed(data: bytes) -> _outofband.Packed:
+    return _outofband.Packed([data], len(data))
+
+
 def test_a_batch_round_trips_ids_sequence_numbers_and_calls() -> None:
     calls = [b"first", b"", b"x" * 70_000]
-    chunks = _wire.encode_batch([(7, 1, calls[0]), (8, 2, calls[1]), (9, 3, calls[2])])
+    entries = [
+        (7, 1, packed(calls[0])),
+        (8, 2, packed(calls[1])),
+        (9, 3, packed(calls[2])),
+    ]
+    chunks = _wire.encode_batch(entries)
     (payload,) = FrameReader().feed(b"".join(chunks))
-    decoded = [(i, seq, bytes(call)) for i, seq, call in _wire.decode_batch(payload)]
+    batch = _wire.decode_batch(payload)
+    decoded = [(i, seq, bytes(call)) for i, seq, call in batch.calls]
     assert decoded == [(7, 1, calls[0]), (8, 2, calls[1]), (9, 3, calls[2])]
+    assert batch.own_ids == batch.shared_ids == batch.forget_ids == ()
+
+
+def test_a_batch_names_the_files_that_ride_on_it_in_order() -> None:
+    """Own files, then shared ones, then the shared ids the worker may drop:
+    the worker pairs descriptors with ids by this order."""
+    chunks = _wire.encode_batch([(1, 1, packed(b"call"))], [11, 12], [21], [31, 32])
+    (payload,) = FrameReader().feed(b"".join(chunks))
+    batch = _wire.decode_batch(payload)
+    assert [bytes(call) for _, _, call in batch.calls] == [b"call"]
+    assert (batch.own_ids, batch.shared_ids, batch.forget_ids) == (
+        (11, 12),
+        (21,),
+        (31, 32),
+    )
 
 
 def test_the_reset_frame_is_a_batch_of_no_calls() -> None:
     (payload,) = FrameReader().feed(_wire.RESET_FRAME)
-    assert list(_wire.decode_batch(payload)) == []
+    assert _wire.decode_batch(payload).calls == []
+
+
+def test_descriptors_arrive_with_their_frame_and_wait_in_order() -> None:
+    """A descriptor sent on a frame's first byte reaches the reader, which
+    keeps it until the frame that names it is handled."""
+    parent, child = socket.socketpair()
+    worker = _wire.BlockingFrames(child.fileno())
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"through the descriptor")
+        worker.send([b"plain"])
+        worker.send([b"with a file"], [read_end])
+        parent.setblocking(False)
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 2:
+            ready, _, _ = select.select([parent], [], [], TIMEOUT)
+            assert ready, f"only {len(frames)} of 2 frames arrived"
+            frames += reader.read_from(parent)[0]
+        assert as_bytes(frames) == [b"plain", b"with a file"]
+        received = reader.take_fd()
+        assert os.read(received, 100) == b"through the descriptor"
+        os.close(received)
+        with pytest.raises(OSError, match="did not arrive"):
+            reader.take_fd()
+    finally:
+        worker.close()
+        for end in (parent, child):
+            end.close()
+        for fd in (read_end, write_end):
+            os.close(fd)
 
 
 @pytest.mark.parametrize(

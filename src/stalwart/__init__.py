@@ -34,6 +34,7 @@ from stalwart._kind import executor
 from stalwart._process import ProcessPoolExecutor
 from stalwart._progress import as_completed
 from stalwart._reusable import get_reusable_executor
+from stalwart._shared import shared
 from stalwart._state import worker_state
 from stalwart._thread import ThreadPoolExecutor
 from stalwart.errors import (
@@ -69,6 +70,7 @@ __all__ = [
     "as_completed",
     "executor",
     "get_reusable_executor",
+    "shared",
     "wait",
     "worker_state",
 ]

@@ -50,7 +50,9 @@ def run_task(call: bytes, plugin_name: str, timeout: float | None) -> bytes:
     except InitializerError as error:
         return _worker.error_reply(0, error, 0.0)
     with plugin.clock(timeout), _state.thread_worker_state(state):
-        return _worker.run_call(0, call, by_value=True)
+        reply = _worker.run_call(0, call, by_value=True)  # in band: dask's transport
+    assert isinstance(reply, bytes)
+    return reply
 
 
 class ExecutorPlugin(WorkerPlugin):

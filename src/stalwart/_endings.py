@@ -208,7 +208,7 @@ class Endings:
         with inbox.lock:
             inbox.broken = error
             inbox.state = PoolState.BROKEN
-            tasks = [inbox.release(task) for task in inbox.pending]
+            tasks = list(inbox.pending)
             inbox.pending.clear()
         for slot in self.slots:
             tasks.extend(slot.in_flight)
@@ -245,7 +245,7 @@ class Endings:
             slot.in_flight.clear()
         pending = self.inbox.pending
         while pending:
-            task = self.inbox.release(pending.popleft())
+            task = pending.popleft()
             if task.future.cancel():
                 ledger.drop_cancelled(task)
             elif ledger.claim(task):  # a retried call, running already

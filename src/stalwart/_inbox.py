@@ -63,10 +63,6 @@ class Inbox:
         self.max_workers = max_workers  # get_reusable_executor may resize
         self.pending: collections.deque[Task] = collections.deque()
         self.taken_back: queue.SimpleQueue[Task] = queue.SimpleQueue()
-        # Bytes of pickled calls held by pending tasks: added by submit() under
-        # the lock, released by the I/O thread; one writer each, no lost update.
-        self.call_bytes_added = 0
-        self.call_bytes_released = 0
         self._wake_r = -1
         self._wake_w = -1
         self._wake_armed = False
@@ -74,16 +70,6 @@ class Inbox:
     @property
     def accepting(self) -> bool:
         return self.state is PoolState.RUNNING
-
-    def queued_call_bytes(self) -> int:
-        """Bytes of pickled calls held by the pending queue (a moment ago)."""
-        return self.call_bytes_added - self.call_bytes_released
-
-    def release(self, task: Task) -> Task:
-        """``task`` leaves the pending queue: its held bytes no longer count."""
-        self.call_bytes_released += task.held
-        task.held = 0
-        return task
 
     # -- the wake-up pipe --------------------------------------------------------------
 

@@ -46,15 +46,18 @@ class Ledger:
             task.started = task.future.set_running_or_notify_cancel()
             self.stats.tasks_cancelled += 1
             assert not task.started, "only cancelled tasks are dropped"
+        task.call = None  # its shared memory, if any, goes now
 
     def resolve(self, task: Task, succeeded: bool, value: Any) -> None:
         if succeeded:
+            task.call = None
             self.stats.tasks_completed += 1
             task.future.set_result(value)
         else:
             self.fail(task, value)
 
     def fail(self, task: Task, error: BaseException) -> None:
+        task.call = None
         self.stats.count_failure(error)
         task.future.set_exception(error)
 
@@ -114,4 +117,4 @@ class Ledger:
         """Drop the cancelled tasks at the front of the pending queue."""
         pending = inbox.pending
         while pending and pending[0].future.cancelled():
-            self.drop_cancelled(inbox.release(pending.popleft()))
+            self.drop_cancelled(pending.popleft())

@@ -77,6 +77,8 @@ def _park(
     if not _reuse.PROCESSES.park(reuse.key, parked, reuse.idle_timeout):
         pipes.watch(slot)
         return False
+    slot.reader.close()
+    slot.sock.close()  # the parked worker keeps only its Connection
     logger.debug("parked worker %s", slot.pid)
     return True
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from . import _outofband
 from .errors import PicklingError
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ __all__ = [
     "diagnose_unpicklable",
     "dumps",
     "loads",
+    "pack_call",
+    "pickle_into",
     "serialize_call",
     "serialize_result",
 ]
@@ -116,7 +119,7 @@ def dumps(obj: object, *, by_value: bool = False) -> bytes:
     return _dumps_by_value(obj, by_value)
 
 
-def loads(data: bytes | memoryview) -> Any:
+def loads(data: bytes | bytearray | memoryview) -> Any:
     """Rebuild an object from the bytes ``dumps`` made."""
     return pickle.loads(data)
 
@@ -151,13 +154,19 @@ def _dumps_by_value(obj: object, main_by_value: bool) -> bytes:
         return buffer.getvalue()
 
 
-def _by_value_pickler(file: Any, main_by_value: bool) -> pickle.Pickler:
+def _by_value_pickler(
+    file: Any, main_by_value: bool, buffer_callback: Any = None
+) -> pickle.Pickler:
     """cloudpickle's pickler into ``file``, keeping an importable ``__main__``
     by reference unless ``main_by_value``."""
     if main_by_value or not _is_main_importable():
-        pickler: pickle.Pickler = cloudpickle.Pickler(file, protocol=_PROTOCOL)
+        pickler: pickle.Pickler = cloudpickle.Pickler(
+            file, protocol=_PROTOCOL, buffer_callback=buffer_callback
+        )
         return pickler
-    return _MainByReferencePickler(file, protocol=_PROTOCOL)
+    return _MainByReferencePickler(
+        file, protocol=_PROTOCOL, buffer_callback=buffer_callback
+    )
 
 
 def _is_importable_main_attribute(obj: object) -> bool:
@@ -213,44 +222,49 @@ def serialize_call(
         raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
 
 
-def check_call(
+def pack_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
     action: str = "submit",
     by_value: bool = False,
-) -> None:
-    """``serialize_call``'s check without its bytes: the same picklers write into
-    a sink that keeps nothing, so a large argument is not copied. Raises the
-    same PicklingError as ``serialize_call``."""
+) -> _outofband.Packed:
+    """``serialize_call`` for a process pool's worker: big buffers out of band.
+
+    The same one pickling, and the same PicklingError; the buffers of
+    ``_outofband.OUT_OF_BAND_BYTES`` or more are copied into shared memory
+    now, so that what the task sees is the data at ``submit()``.
+    """
+    sink = _outofband.Sink(out_of_band=True)
     try:
-        _pickle_into(_Discard(), (fn, args, kwargs), by_value)
+        pickle_into(sink, (fn, args, kwargs), by_value)
     except MemoryError:
         raise
     except Exception as exc:
         raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
+    packed = _outofband.pack(sink, for_queue=True)
+    if packed is None:  # no descriptor to spare: every buffer in the stream
+        sink = _outofband.Sink(out_of_band=False)
+        pickle_into(sink, (fn, args, kwargs), by_value)
+        packed = _outofband.Packed(sink.chunks, sink.size)
+    return packed
 
 
-class _Discard:
-    """A file that drops what is written to it."""
-
-    __slots__ = ()
-
-    def write(self, data: bytes | memoryview) -> int:
-        return len(data)
-
-
-def _pickle_into(file: Any, obj: object, by_value: bool) -> None:
-    """What ``dumps`` does, into ``file``."""
+def pickle_into(sink: Any, obj: object, by_value: bool) -> None:
+    """What ``dumps`` does, into ``sink`` (an ``_outofband.Sink``: it has
+    ``write``, ``buffer_callback`` and ``reset``), protocol 5."""
     if not by_value and _is_main_importable():
         try:
-            pickle.Pickler(file, _PROTOCOL).dump(obj)
+            pickle.Pickler(sink, _PROTOCOL, buffer_callback=sink.buffer_callback).dump(
+                obj
+            )
         except _PICKLING_FAILURES:
-            pass  # a lambda, closure or local class somewhere inside: go by value
+            sink.reset()  # a lambda, closure or local class inside: go by value
         else:
             return
-    _by_value_pickler(file, by_value).dump(obj)
+    pickler = _by_value_pickler(sink, by_value, sink.buffer_callback)
+    pickler.dump(obj)
 
 
 def serialize_result(value: object, *, task: str, by_value: bool = False) -> bytes:

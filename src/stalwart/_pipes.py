@@ -10,14 +10,18 @@ arrived, workers that ended); the dispatcher decides what follows.
   large reply can therefore never deadlock against us writing to it.
 * Reads parse every frame one read returned (``_wire.FrameReader``), so one
   thread keeps up with thousands of replies a second.
+* Descriptors of shared memory files (``_outofband``) ride on the first byte
+  of their frame (``sendmsg``, SCM_RIGHTS). The outbox holds duplicates, so a
+  task that ends meanwhile cannot close, nor a new file reuse, what is sent.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import selectors
 from typing import TYPE_CHECKING
+
+from stalwart import _outofband
 
 if TYPE_CHECKING:
     from stalwart import _wire
@@ -25,6 +29,27 @@ if TYPE_CHECKING:
     from stalwart._slot import WorkerSlot
 
     Frame = bytes | bytearray | _wire.Unreadable
+
+
+class WithFds:
+    """An outbox chunk that starts a frame carrying descriptors (ours: dups)."""
+
+    __slots__ = ("fds", "view")
+
+    def __init__(self, view: memoryview, fds: list[int]) -> None:
+        self.view = view
+        self.fds = fds
+
+    def close(self) -> None:
+        _outofband.close_all(self.fds)
+        self.fds = []
+
+
+def _close_outbox(slot: WorkerSlot) -> None:
+    for chunk in slot.outbox:
+        if isinstance(chunk, WithFds):
+            chunk.close()
+    slot.outbox.clear()
 
 
 class Pipes:
@@ -51,6 +76,9 @@ class Pipes:
 
     def forget(self, slot: WorkerSlot) -> None:
         self.unwatch(slot)
+        _close_outbox(slot)
+        slot.reader.close()
+        slot.sock.close()
         slot.conn.close()
 
     def wait(
@@ -81,7 +109,7 @@ class Pipes:
         frames: list[Frame] = []
         while True:
             try:
-                more, eof = slot.reader.read_from(slot.fd)
+                more, eof = slot.reader.read_from(slot.sock)
             except (BlockingIOError, InterruptedError):
                 return frames
             except OSError:
@@ -100,9 +128,22 @@ class Pipes:
         """Whether the worker's pipe is still watched (not at EOF yet)."""
         return self.selector.get_map().get(slot.fd) is not None
 
-    def send(self, slot: WorkerSlot, chunks: list[bytes]) -> None:
+    def send(
+        self, slot: WorkerSlot, chunks: list[bytes], fds: list[int] | None = None
+    ) -> None:
+        """Queue a frame (``chunks``, header first), ``fds`` riding on it."""
         was_empty = not slot.outbox
-        slot.outbox.extend(map(memoryview, chunks))
+        views = [memoryview(chunk) for chunk in chunks]
+        if fds:
+            duplicates: list[int] = []
+            try:
+                duplicates.extend(os.dup(fd) for fd in fds)
+            except BaseException:
+                _outofband.close_all(duplicates)
+                raise
+            slot.outbox.append(WithFds(views[0], duplicates))
+            views = views[1:]
+        slot.outbox.extend(views)
         if was_empty:
             self.flush(slot)
 
@@ -111,14 +152,15 @@ class Pipes:
         outbox = slot.outbox
         while outbox:
             try:
-                written = os.writev(slot.fd, list(itertools.islice(outbox, 64)))
+                written = self._write_some(slot)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                outbox.clear()  # the worker is gone; its sentinel will tell us how
+                _close_outbox(slot)  # the worker is gone; its sentinel tells how
                 break
             while written:
                 head = outbox[0]
+                assert isinstance(head, memoryview)
                 if written >= len(head):
                     written -= len(head)
                     outbox.popleft()
@@ -131,6 +173,29 @@ class Pipes:
                 events |= selectors.EVENT_WRITE
             if self.selector.get_key(slot.fd).events != events:
                 self.selector.modify(slot.fd, events, slot)
+
+    @staticmethod
+    def _write_some(slot: WorkerSlot) -> int:
+        """One ``writev`` (or ``sendmsg``, when the head carries descriptors)
+        of the outbox's first chunks, up to the next chunk with descriptors."""
+        outbox = slot.outbox
+        head = outbox[0]
+        views: list[memoryview] = []
+        for chunk in outbox:
+            if isinstance(chunk, WithFds):
+                if views:
+                    break
+                views.append(chunk.view)
+            else:
+                views.append(chunk)
+            if len(views) == 64:
+                break
+        if not isinstance(head, WithFds):
+            return os.writev(slot.fd, views)
+        written = slot.sock.sendmsg(views, _outofband.rights(head.fds))
+        head.close()  # in the worker's hands now (they came with the first byte)
+        outbox[0] = head.view
+        return written
 
     def close(self) -> None:
         self.selector.close()

@@ -3,7 +3,8 @@
 Data flow::
 
     submit(fn, *args)                                        caller's thread
-      | _pickling.serialize_call(): pickled once, here; PicklingError raised here
+      | _pickling.pack_call(): pickled once, here; PicklingError raised here;
+      |   big buffers copied into shared memory (_outofband): the snapshot
       v
     _inbox.Inbox: pending deque, pool state ---(wake-up pipe)---+
                                                                  |
@@ -86,12 +87,6 @@ if TYPE_CHECKING:
     P = ParamSpec("P")
 
 R = TypeVar("R")
-
-QUEUED_CALL_BYTES = 64 << 20
-"""Pickled calls the pending queue keeps, in all. Once it holds this much, a
-call is still checked in submit() (pickled into a sink that keeps nothing, so
-the PicklingError comes from submit() as always) but pickled for real only when
-a worker has room: 2,000 queued 1 MiB arguments would otherwise hold 2 GB."""
 
 
 class ProcessPoolExecutor(_map.MapMixin, Executor):
@@ -218,15 +213,10 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
     ) -> Future[R]:
         self._refuse_if_inherited("submit()")
         inbox = self._inbox
-        call: bytes | None = None
-        if inbox.queued_call_bytes() < QUEUED_CALL_BYTES:
-            call = _pickling.serialize_call(
-                fn, args, kwargs, action=action, by_value=self._by_value
-            )
-        else:  # the queue holds enough bytes: check now, pickle when it is sent
-            _pickling.check_call(
-                fn, args, kwargs, action=action, by_value=self._by_value
-            )
+        # The one pickling: the check, and the snapshot the worker will see.
+        call = _pickling.pack_call(
+            fn, args, kwargs, action=action, by_value=self._by_value
+        )
         dispatcher = self._dispatcher
         with inbox.lock:
             if inbox.broken is not None:
@@ -241,9 +231,6 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             task = Task(
                 next(dispatcher.ids), future, call, fn, args, kwargs, task_timeout
             )
-            if call is not None:
-                task.held = len(call)
-                inbox.call_bytes_added += task.held
             dispatcher.ensure_thread()
             dispatcher.stats.tasks_submitted += 1
             inbox.pending.append(task)

@@ -13,7 +13,7 @@ import pickle
 import time
 from typing import TYPE_CHECKING
 
-from stalwart import _outcomes, _scheduler, _wire
+from stalwart import _outcomes, _outofband, _scheduler, _wire
 from stalwart._slot import WorkerState
 
 if TYPE_CHECKING:
@@ -39,7 +39,11 @@ class Replies:
         try:
             if isinstance(frame, _wire.Unreadable):
                 raise frame.error
-            reply = _wire.decode_reply(pickle.loads(frame))
+            if _outofband.is_segment_frame(frame):
+                fd = slot.reader.take_fd()
+                reply = _wire.decode_reply(_outofband.load_reply(frame, [fd]))
+            else:
+                reply = _wire.decode_reply(pickle.loads(frame))
         except BaseException as exc:  # noqa: BLE001 - fails that task only
             del frame
             # Only an answer can fail to unpickle (a class the parent cannot
@@ -117,14 +121,10 @@ class Replies:
             self.ledger.settle_revoked(slot, in_flight[0], self.inbox)
 
     def _on_received(self, slot: WorkerSlot, last_seq: int) -> None:
-        """The worker read every call up to ``last_seq``: drop our copies of
-        their bytes, so the parent does not hold every large argument until
-        its result comes back."""
+        """The worker read every call up to ``last_seq``. (Each keeps its
+        pickled call until it ends: sent again, it must send the same data.
+        Large data is in shared memory the worker maps anyway: free to keep.)"""
         slot.acked_seq = max(slot.acked_seq, last_seq)
         while slot.unacknowledged and slot.unacknowledged[0][0] <= last_seq:
             slot.unacknowledged_bytes -= slot.unacknowledged.popleft()[1]
-        for task in slot.in_flight:
-            if task.seq > last_seq:
-                break
-            task.call = None
         slot.note_running()

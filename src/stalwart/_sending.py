@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stalwart import _claims, _pickling, _wire
-from stalwart.errors import PicklingError
+from stalwart import _claims, _outofband, _shared, _wire
 
 if TYPE_CHECKING:
     from stalwart._inbox import Inbox
@@ -33,15 +32,16 @@ class Sender:
 
     def fill(self, slot: WorkerSlot, room: int) -> None:
         """Send `slot` up to `room` tasks from the front of the pending queue."""
-        inbox = self.inbox
-        pending = inbox.pending
-        entries: list[tuple[int, int, bytes]] = []
+        pending = self.inbox.pending
+        entries: list[tuple[int, int, _outofband.Packed]] = []
         batch: list[Task] = []
+        files = _Files(slot)
         while room and pending:
-            task = inbox.release(pending.popleft())
-            if task.call is None and not self._serialize_again(task):
-                continue
-            assert task.call is not None
+            call = pending[0].call
+            assert call is not None, "a pending task keeps its call"
+            if not files.take(call):
+                break  # this frame carries enough descriptors: the next one
+            task = pending.popleft()
             task.slot = slot
             task.seq = slot.next_seq
             # From here on cancel() revokes it in the worker (see _claims).
@@ -51,32 +51,22 @@ class Sender:
                 continue
             slot.next_seq += 1
             batch.append(task)
-            entries.append((task.id, task.seq, task.call))
+            entries.append((task.id, task.seq, call))
             if task.timeout is not None:
                 self.timeouts_in_use = True
             room -= 1
         if not batch:
             return
         slot.in_flight.extend(batch)
-        size = sum(len(call) for _, _, call in entries)
+        size = sum(call.size for _, _, call in entries)
         slot.unacknowledged.append((batch[-1].seq, size))
         slot.unacknowledged_bytes += size
         if slot.tasks_left is not None:
             slot.tasks_left -= len(batch)
-        self.pipes.send(slot, _wire.encode_batch(entries))
-
-    def _serialize_again(self, task: Task) -> bool:
-        """Re-pickle a task whose bytes were dropped (its worker read them, then
-        died or gave it back); False if that fails now, and the task failed."""
-        try:
-            task.call = _pickling.serialize_call(
-                task.fn, task.args, task.kwargs, by_value=self.by_value
-            )
-        except PicklingError as exc:  # an argument was changed since submit()
-            if self.ledger.claim(task):
-                self.ledger.fail(task, exc)
-            return False
-        return True
+        frame = _wire.encode_batch(
+            entries, files.own_ids, files.shared_ids, files.forgotten()
+        )
+        self.pipes.send(slot, frame, files.fds)
 
     def steal(self, slot: WorkerSlot, count: int) -> None:
         """Take back up to ``count`` unstarted calls from the end of ``slot``'s
@@ -96,3 +86,50 @@ class Sender:
                 self.ledger.drop_cancelled(task)
         self.inbox.pending.extendleft(reversed(taken))
         self.ledger.stats.tasks_rebalanced += len(taken)
+
+
+class _Files:
+    """The shared memory files one batch frame carries to one worker: each
+    call's own file, and the ``shared()`` files the worker has not had yet."""
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        self.slot = slot
+        self.own_fds: list[int] = []
+        self.own_ids: list[int] = []
+        self.shared_fds: list[int] = []
+        self.shared_ids: list[int] = []
+
+    @property
+    def fds(self) -> list[int]:
+        """In the order the worker pairs them with ids: own files, then shared."""
+        return self.own_fds + self.shared_fds
+
+    def take(self, call: _outofband.Packed) -> bool:
+        """Add ``call``'s files; False if the frame has no room for them
+        (never for the first call: a call needs few)."""
+        segment = call.segment
+        sent = self.slot.shared_sent
+        new_shared = [s for s in call.shared if s.id not in sent]
+        needed = len(new_shared) + (segment is not None)
+        if not needed:
+            return True
+        count = len(self.own_ids) + len(self.shared_ids)
+        if count and count + needed > _outofband.MAX_FDS_PER_FRAME:
+            return False
+        if segment is not None:
+            self.own_fds.append(segment.fd)
+            self.own_ids.append(segment.id)
+        for shared in new_shared:
+            self.shared_fds.append(shared.fd)
+            self.shared_ids.append(shared.id)
+            sent.add(shared.id)
+        return True
+
+    def forgotten(self) -> list[int]:
+        """``shared()`` files gone here, which the worker may drop."""
+        sent = self.slot.shared_sent
+        if not sent:
+            return []
+        gone = sent - _shared.alive_ids()
+        sent -= gone
+        return sorted(gone)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import collections
 import enum
+import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
+
+    from stalwart import _outofband
+    from stalwart._pipes import WithFds
 
 
 class WorkerState(enum.Enum):
@@ -63,7 +68,6 @@ class Task:
         "claimed",
         "fn",
         "future",
-        "held",
         "id",
         "kwargs",
         "seq",
@@ -76,7 +80,7 @@ class Task:
         self,
         task_id: int,
         future: Future[Any],
-        call: bytes | None,
+        call: _outofband.Packed,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -84,8 +88,9 @@ class Task:
     ) -> None:
         self.id = task_id
         self.future = future
-        self.call: bytes | None = call  # dropped once a worker has read it
-        self.held = 0  # bytes of `call` counted against QUEUED_CALL_BYTES
+        # The call as submit() pickled it (its snapshot), kept until the
+        # task ends: a call sent again (taken back, retried) sends the same.
+        self.call: _outofband.Packed | None = call
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -122,12 +127,18 @@ class WorkerSlot:
         self.process = process
         self.conn = conn
         self.fd = conn.fileno()
+        # The same pipe as a socket: descriptors travel with frames (SCM_RIGHTS).
+        self.sock = socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(self.fd)
+        )
+        self.sock.setblocking(False)
+        self.shared_sent: set[int] = set()  # shared() files this worker was sent
         self.sentinel: int = process.sentinel
         self.claims = claims
         self.taken_back = taken_back  # tells the dispatcher; thread-safe
         self.state = WorkerState.STARTING
         self.reader = _wire.FrameReader()
-        self.outbox: collections.deque[memoryview] = collections.deque()
+        self.outbox: collections.deque[memoryview | WithFds] = collections.deque()
         self.in_flight: collections.deque[Task] = collections.deque()
         self.next_seq = 1  # the sequence number of the next call sent
         self.acked_seq = 0  # the worker has read every call up to this one

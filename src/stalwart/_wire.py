@@ -8,15 +8,19 @@ returned, which is what lets one I/O thread keep up with thousands of replies a
 second, and a non-blocking write can never deadlock against a worker that is
 itself blocked writing a large reply.
 
-Parent -> worker: a batch of calls, run in order: a count, then a (task id,
-sequence number, size) triple per call, then the calls' pickled bytes back to
-back. The calls are not pickled again into the frame: the parent ``writev``s
-the bytes that ``submit()`` made, and the worker unpickles each from a slice of
-the frame. The sequence number is the call's place in that worker's claim table
-(``_claims``): the worker skips a call the parent took back. An empty frame
-means: finish and exit. A batch of no calls (RESET) means: you are being
-parked, restore the working directory, environment and ``sys.path`` you had
-after your initializer.
+Parent -> worker: a batch of calls, run in order: a header (how many calls,
+shared memory files attached, and shared files to forget), then a (task id,
+sequence number, size) triple per call, the files' ids, the ids to forget, then
+the calls' pickled bytes back to back. The calls are not pickled again into the
+frame: the parent ``writev``s the bytes that ``submit()`` made, and the worker
+unpickles each from a slice of the frame. A call with large buffers is a
+segment frame instead (``_outofband``): its data is in a file whose descriptor
+rides on the batch (SCM_RIGHTS), each call's own file first, then the
+``shared()`` files this worker has not been sent yet. The sequence number is
+the call's place in that worker's claim table (``_claims``): the worker skips a
+call the parent took back. An empty frame means: finish and exit. A batch of no
+calls (RESET) means: you are being parked, restore the working directory,
+environment and ``sys.path`` you had after your initializer.
 
 Worker -> parent: pickled tuples whose first item is the kind below. A worker
 acknowledges each batch as it arrives (RECEIVED, with the batch's last sequence
@@ -27,16 +31,18 @@ fail one task, never the dispatcher.
 
 from __future__ import annotations
 
+import collections
 import os
+import socket
 import struct
 from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from stalwart import _pickling
+from stalwart import _outofband, _pickling
 from stalwart.errors import RemoteError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Sequence
 
 READY = 0  # (READY, pid): the initializer succeeded; send tasks
 RESULT = 1  # (RESULT, task_id, value, busy_s)
@@ -49,7 +55,7 @@ RECEIVED = 5  # (RECEIVED, last_seq): a batch arrived; the worker has read it
 
 STOP = b""
 
-_BATCH_COUNT = struct.Struct("!I")
+_BATCH_HEAD = struct.Struct("!IIII")  # calls, own files, shared files, forgotten
 _BATCH_ENTRY_SIZE = 24  # three unsigned 64-bit ints: task id, sequence, call size
 _SHORT_HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
@@ -63,32 +69,57 @@ def frame_header(payload_size: int) -> bytes:
     return _SHORT_HEADER.pack(payload_size)
 
 
-def encode_batch(entries: list[tuple[int, int, bytes]]) -> list[bytes]:
+def encode_batch(
+    entries: list[tuple[int, int, _outofband.Packed]],
+    own_ids: Sequence[int] = (),
+    shared_ids: Sequence[int] = (),
+    forget_ids: Sequence[int] = (),
+) -> list[bytes]:
     """One batch frame of (task id, sequence number, pickled call) entries, as
-    chunks for ``os.writev``, header first; the calls are not copied."""
+    chunks for ``os.writev``, header first; the calls are not copied. The ids
+    name the files whose descriptors go with the frame, in that order."""
     numbers = [
-        number for task_id, seq, call in entries for number in (task_id, seq, len(call))
+        number for task_id, seq, call in entries for number in (task_id, seq, call.size)
     ]
-    index = struct.pack(f"!I{len(numbers)}Q", len(entries), *numbers)
-    size = len(index) + sum(len(call) for _, _, call in entries)
-    return [frame_header(size), index, *(call for _, _, call in entries)]
+    numbers += [*own_ids, *shared_ids, *forget_ids]
+    index = _BATCH_HEAD.pack(
+        len(entries), len(own_ids), len(shared_ids), len(forget_ids)
+    ) + struct.pack(f"!{len(numbers)}Q", *numbers)
+    size = len(index) + sum(call.size for _, _, call in entries)
+    return [
+        frame_header(size),
+        index,
+        *(p for _, _, call in entries for p in call.parts),
+    ]
 
 
-RESET_FRAME = frame_header(_BATCH_COUNT.size) + _BATCH_COUNT.pack(0)
+RESET_FRAME = frame_header(_BATCH_HEAD.size) + _BATCH_HEAD.pack(0, 0, 0, 0)
 """A batch of no calls: restore the environment (the worker is being parked)."""
 
 
-def decode_batch(payload: bytes) -> Iterator[tuple[int, int, memoryview]]:
-    """The (task id, sequence number, pickled call) entries of a batch frame,
-    the calls as zero-copy slices."""
-    (count,) = _BATCH_COUNT.unpack_from(payload)
-    numbers = struct.unpack_from(f"!{3 * count}Q", payload, _BATCH_COUNT.size)
+class Batch(NamedTuple):
+    """A decoded batch frame: its calls as zero-copy slices, and file ids."""
+
+    calls: list[tuple[int, int, memoryview]]  # (task id, sequence number, call)
+    own_ids: tuple[int, ...]
+    shared_ids: tuple[int, ...]
+    forget_ids: tuple[int, ...]
+
+
+def decode_batch(payload: bytes | bytearray) -> Batch:
+    """The entries of a batch frame, the calls as zero-copy slices."""
+    count, owns, shares, forgets = _BATCH_HEAD.unpack_from(payload)
+    total = 3 * count + owns + shares + forgets
+    numbers = struct.unpack_from(f"!{total}Q", payload, _BATCH_HEAD.size)
     view = memoryview(payload)
-    offset = _BATCH_COUNT.size + _BATCH_ENTRY_SIZE * count
+    offset = _BATCH_HEAD.size + 8 * total
+    calls = []
     for i in range(count):
         task_id, seq, size = numbers[3 * i : 3 * i + 3]
-        yield task_id, seq, view[offset : offset + size]
+        calls.append((task_id, seq, view[offset : offset + size]))
         offset += size
+    ids = numbers[3 * count :]
+    return Batch(calls, ids[:owns], ids[owns : owns + shares], ids[owns + shares :])
 
 
 class Answer(NamedTuple):
@@ -199,21 +230,24 @@ _READ_SIZE = 1 << 16
 
 
 class FrameReader:
-    """Reads frames from a non-blocking fd and yields each complete payload.
+    """Reads frames from a non-blocking socket and yields each complete payload.
 
     Small frames are parsed in bulk from whatever one read returned (thousands
     of replies a second); a large one gets a buffer of exactly its size, filled
     in place. If that buffer cannot be had, the frame's bytes are skipped and an
     ``Unreadable`` takes its place: one task fails, the pipe stays in step.
+    Descriptors that arrive (a reply's shared memory file) wait in ``fds``, in
+    order, for the segment frame that names them.
     """
 
-    __slots__ = ("_buffer", "_large", "_large_filled", "_skip")
+    __slots__ = ("_buffer", "_large", "_large_filled", "_skip", "fds")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._large: bytearray | None = None  # a large payload being filled
         self._large_filled = 0
         self._skip = 0  # bytes of an unreadable frame still to discard
+        self.fds: collections.deque[int] = collections.deque()
 
     def feed(self, data: bytes) -> list[bytes | bytearray | Unreadable]:
         """Add bytes read from the pipe; return the payloads they completed."""
@@ -228,20 +262,30 @@ class FrameReader:
             self._parse(frames)
         return frames
 
-    def read_from(self, fd: int) -> tuple[list[bytes | bytearray | Unreadable], bool]:
-        """Read what ``fd`` has now; return the completed payloads and whether
+    def read_from(
+        self, sock: socket.socket
+    ) -> tuple[list[bytes | bytearray | Unreadable], bool]:
+        """Read what ``sock`` has now; return the completed payloads and whether
         the pipe reached EOF. Raises BlockingIOError only if nothing was read."""
         frames: list[bytes | bytearray | Unreadable] = []
+        space = _outofband.ANCILLARY_SPACE
         while True:
             large = self._large
             try:
                 if large is not None:
-                    count = os.readv(fd, [memoryview(large)[self._large_filled :]])
+                    count, ancillary, _, _ = sock.recvmsg_into(
+                        [memoryview(large)[self._large_filled :]], space
+                    )
+                    if ancillary:
+                        self.fds.extend(_outofband.fds_from(ancillary))
                     if count:
                         self._large_filled += count
                         self._finish_large(frames)
                 else:
-                    data = os.read(fd, max(_READ_SIZE, min(self._skip, LARGE_FRAME)))
+                    size = max(_READ_SIZE, min(self._skip, LARGE_FRAME))
+                    data, ancillary, _, _ = sock.recvmsg(size, space)
+                    if ancillary:
+                        self.fds.extend(_outofband.fds_from(ancillary))
                     count = len(data)
                     if count:
                         frames.extend(self.feed(data))
@@ -253,6 +297,17 @@ class FrameReader:
                 return frames, True
             if frames:
                 return frames, False
+
+    def take_fd(self) -> int:
+        """The next descriptor that arrived (a segment frame's file)."""
+        if not self.fds:
+            raise OSError("a worker's shared memory file did not arrive with its reply")
+        return self.fds.popleft()
+
+    def close(self) -> None:
+        """Close descriptors nobody took (their worker ended first)."""
+        _outofband.close_all(self.fds)
+        self.fds.clear()
 
     def _absorb_large(
         self, view: memoryview, frames: list[bytes | bytearray | Unreadable]
@@ -320,3 +375,54 @@ class FrameReader:
         self._large_filled = len(head)
         head.release()
         self._large = large
+
+
+class BlockingFrames:
+    """The worker's end of its pipe: whole frames in, whole frames out, with
+    the descriptors that ride on them (a plain ``Connection`` would drop them)."""
+
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
+        self.sock.settimeout(None)  # blocking, whatever the default timeout says
+        self._fds: list[int] = []
+
+    def receive(self) -> tuple[bytearray, list[int]]:
+        """The next frame and the descriptors that came with it. Raises
+        EOFError when the parent has closed the pipe."""
+        header = self._exactly(4)
+        (size,) = _SHORT_HEADER.unpack(header)
+        if size == -1:
+            (size,) = _LONG_HEADER.unpack(self._exactly(8))
+        payload = self._exactly(size)
+        fds, self._fds = self._fds, []
+        return payload, fds
+
+    def _exactly(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            count, ancillary, _, _ = self.sock.recvmsg_into(
+                [view[filled:]], _outofband.ANCILLARY_SPACE
+            )
+            if ancillary:
+                self._fds.extend(_outofband.fds_from(ancillary))
+            if not count:
+                raise EOFError
+            filled += count
+        return buffer
+
+    def send(self, parts: list[bytes], fds: list[int] | None = None) -> None:
+        """Send one frame made of ``parts``, ``fds`` attached to its first byte."""
+        size = sum(len(part) for part in parts)
+        pieces = [memoryview(frame_header(size))]
+        pieces += [memoryview(part) for part in parts if part]
+        ancillary = _outofband.rights(fds) if fds else []
+        while pieces:
+            sent = self.sock.sendmsg(pieces, ancillary)
+            ancillary = []  # sent with the first byte
+            _outofband.consume(pieces, sent)
+
+    def close(self) -> None:
+        _outofband.close_all(self._fds)
+        self.sock.close()

@@ -30,7 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stalwart import _pickling, _state, _wire
+from stalwart import _outofband, _pickling, _shared, _state, _wire
 from stalwart.errors import RemoteError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     if not _run_initializer(conn, config):
         return
     conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
-    _serve(conn, config, _Environment())
+    _serve(_wire.BlockingFrames(conn.fileno()), config, _Environment())
 
 
 def _enable_faulthandler() -> None:
@@ -163,55 +163,80 @@ class _Environment:
             sys.path[:] = self.path
 
 
-def _serve(conn: Connection, config: WorkerConfig, environment: _Environment) -> None:
+def _serve(
+    frames: _wire.BlockingFrames, config: WorkerConfig, environment: _Environment
+) -> None:
     claims = config.claims
     assert claims is not None, "the parent gives every worker its claim table"
     tasks_left = config.max_tasks
+    mappings = _outofband.Mappings()
     while True:
         try:
-            frame = conn.recv_bytes()
+            frame, fds = frames.receive()
         except (EOFError, OSError):
             return  # the parent closed our pipe: shut down
-        if frame == _wire.STOP:
-            return
-        calls = list(_wire.decode_batch(frame))
-        if not calls:
+        if not frame:
+            return  # STOP
+        batch = _wire.decode_batch(frame)
+        mappings.receive(batch.own_ids, batch.shared_ids, fds)
+        mappings.forget(batch.forget_ids)
+        if not batch.calls:
             environment.restore()  # RESET: we are being parked
             continue
-        last_seq = calls[-1][1]
-        if not _send(conn, pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST)):
+        last_seq = batch.calls[-1][1]
+        if not _send(frames, pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST)):
             return
-        for task_id, seq, call in calls:
+        for task_id, seq, call in batch.calls:
             if not claims.start(seq):
                 continue  # the parent took it back (cancelled, or for another worker)
-            if not _send(conn, run_call(task_id, call, config.by_value)):
+            if not _send(frames, run_call(task_id, call, config.by_value, mappings)):
                 return
             if tasks_left is not None:
                 tasks_left -= 1
+        del batch, frame, call  # the calls' memory goes before the next batch's
+        mappings.close_unused()  # the files of calls that were taken back
         if tasks_left is not None and tasks_left <= 0:
             return  # recycled: the parent sends no more than max_tasks
 
 
-def _send(conn: Connection, frame: bytes) -> bool:
-    """Send a frame; False if the parent has closed our pipe (it shut us down
+def _send(frames: _wire.BlockingFrames, reply: bytes | _outofband.Packed) -> bool:
+    """Send a reply; False if the parent has closed our pipe (it shut us down
     while we worked, or died): then we end quietly, as on EOF."""
     try:
-        conn.send_bytes(frame)
+        if isinstance(reply, bytes):
+            frames.send([reply])
+        else:
+            segment = reply.segment
+            frames.send(reply.parts, None if segment is None else [segment.fd])
+            if segment is not None:
+                segment.close()  # the parent holds it now
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True
 
 
-def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
+def run_call(
+    task_id: int,
+    call: memoryview | bytes,
+    by_value: bool,
+    mappings: _outofband.Mappings | None = None,
+) -> bytes | _outofband.Packed:
     """Run one call and return the reply frame; never raises for a task's failure.
 
     Also what a DaskExecutor's task runs on a dask worker (``_dask_worker``), so
-    results and errors cross back the same way on every executor kind.
+    results and errors cross back the same way on every executor kind. With
+    ``mappings`` (a process pool's worker), a call may come as a segment frame
+    and a large result leaves through shared memory (``_outofband``); without,
+    everything travels in band (dask has its own transport).
     """
     started = time.perf_counter()
     forks = _forks_into_this_process
+    read_only_data = False
     try:
-        fn, args, kwargs = _pickling.loads(call)
+        if mappings is not None and _outofband.is_segment_frame(call):
+            (fn, args, kwargs), read_only_data = mappings.load(call, private=True)
+        else:
+            fn, args, kwargs = _pickling.loads(call)
     except BaseException as exc:  # noqa: BLE001 - reported as this task's failure
         # As the stdlib: a call the worker cannot rebuild is a BrokenProcessPool
         # for that task (here only that task: the worker carries on).
@@ -226,21 +251,53 @@ def run_call(task_id: int, call: memoryview | bytes, by_value: bool) -> bytes:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
         _exit_if_forked_child(forks)
+        if read_only_data:
+            _explain_read_only(exc)
         return error_reply(task_id, exc, time.perf_counter() - started)
     _exit_if_forked_child(forks)
+    del args, kwargs  # a large argument's mapping goes before the reply is built
+    out_of_band = mappings is not None
     if not by_value:
         try:
-            return pickle.dumps(
-                (_wire.RESULT, task_id, value, time.perf_counter() - started), _HIGHEST
-            )
+            reply = (_wire.RESULT, task_id, value, time.perf_counter() - started)
+            return _pack_reply(reply, out_of_band)
+        except MemoryError as exc:
+            return error_reply(task_id, exc, time.perf_counter() - started)
         except BaseException:  # noqa: BLE001 - needs cloudpickle, or cannot be pickled
             pass  # serialize_result below tries cloudpickle, then diagnoses
     try:
         data = _pickling.serialize_result(value, task=_task_name(fn), by_value=by_value)
+        busy_s = time.perf_counter() - started
+        return _pack_reply((_wire.RESULT_BYTES, task_id, data, busy_s), out_of_band)
     except BaseException as exc:  # noqa: BLE001 - PicklingError, or what __reduce__ raised
         return error_reply(task_id, exc, time.perf_counter() - started)
-    busy_s = time.perf_counter() - started
-    return pickle.dumps((_wire.RESULT_BYTES, task_id, data, busy_s), _HIGHEST)
+
+
+def _pack_reply(reply: tuple[Any, ...], out_of_band: bool) -> bytes | _outofband.Packed:
+    """A reply tuple pickled, its big buffers in shared memory if ``out_of_band``."""
+    if not out_of_band:
+        return pickle.dumps(reply, _HIGHEST)
+    sink = _outofband.Sink(out_of_band=True, shared_ok=False)
+    pickle.Pickler(sink, _HIGHEST, buffer_callback=sink.buffer_callback).dump(reply)
+    try:
+        packed = _outofband.pack(sink, for_queue=False)
+    except MemoryError:
+        raise  # this task fails; the worker carries on
+    except OSError:  # no shared memory file to be had: the pipe, as the stdlib
+        return pickle.dumps(reply, _HIGHEST)
+    assert packed is not None, "a reply does not wait in a queue"
+    return packed
+
+
+def _explain_read_only(exc: BaseException) -> None:
+    """A task wrote to an array from ``stalwart.shared()``: say why it is
+    read-only, in the error the user will read."""
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        hint = _shared.READ_ONLY_HINT
+        if hasattr(exc, "add_note"):
+            exc.add_note(hint)
+        elif len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]}\n{hint}",)
 
 
 def _exit_if_forked_child(forks_before: int) -> None:

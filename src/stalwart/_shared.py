@@ -1,0 +1,180 @@
+"""``stalwart.shared(obj)``: one read-only copy of large data for many tasks.
+
+Every call gets its own snapshot of its arguments (``_outofband``): right, but
+a 100 MiB array sent to a thousand tasks would be copied a thousand times.
+``shared(obj)`` copies ``obj``'s large buffers once into a sealed anonymous
+file and returns a copy of ``obj`` built on a read-only mapping of it. Passing
+that copy (or a container holding it) to any number of tasks sends a reference:
+each worker maps the file once and keeps it until the object is gone here.
+
+Correct by construction: the file is sealed against writes and every mapping of
+it is read-only, so no task can ever see data that changed after ``shared()``.
+To send new data, call ``shared()`` again. What is shared is each buffer the
+object hands to pickle (NumPy arrays, pandas columns, Arrow buffers) of at
+least ``_outofband.OUT_OF_BAND_BYTES``; a slice or view of it is sent as an
+ordinary argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import pickle
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stalwart import _outofband, _pickling
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+_SEALS = (
+    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+    if hasattr(fcntl, "F_SEAL_WRITE")
+    else 0
+)
+
+READ_ONLY_HINT = (
+    "stalwart: this array came from stalwart.shared(), whose data every task "
+    "shares read-only; copy it first (arr.copy()) to change it in a task"
+)
+
+
+class SharedSegment:
+    """A sealed file of ``shared()`` buffers. Owns its descriptor, closed when
+    the last object built on it, and the last call referring to it, are gone."""
+
+    __slots__ = ("__weakref__", "fd", "id", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.id = next(_outofband._ids)
+
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                _close(fd)
+
+
+class SharedRef:
+    """Where one buffer of a ``shared()`` object lies: file, offset, size."""
+
+    __slots__ = ("offset", "segment", "size")
+
+    def __init__(self, segment: SharedSegment, offset: int, size: int) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.size = size
+
+
+_lock = threading.Lock()
+# id(buffer exporter) -> (weak reference to it, where its buffer lies)
+_registry: dict[int, tuple[weakref.ref[Any], SharedRef]] = {}
+_alive: weakref.WeakValueDictionary[int, SharedSegment] = weakref.WeakValueDictionary()
+
+
+def shared(obj: T) -> T:
+    """Return a read-only copy of ``obj`` whose large buffers are in shared memory.
+
+    Pass the copy to as many tasks as you like: each carries a reference, and a
+    worker maps the data once. The copy cannot change (its arrays are read-only,
+    here and in every worker), so every task sees the data as it was when
+    ``shared()`` was called; call it again to send new data. Works with every
+    executor: a thread pool simply passes the object.
+    """
+    sink = _outofband.Sink(out_of_band=True, shared_ok=False, min_bytes=0)
+    _pickling.pickle_into(sink, obj, by_value=False)
+    buffers = [b for b in sink.buffers or () if isinstance(b, pickle.PickleBuffer)]
+    if not buffers:
+        return pickle.loads(sink.stream())  # type: ignore[no-any-return]
+    views = [buffer.raw() for buffer in buffers]
+    size = sum(_outofband.aligned(view.nbytes) for view in views)
+    fd = _outofband.memory_file(size, "stalwart-shared", sealable=True)
+    segment = SharedSegment(fd, size)
+    offsets = []
+    offset = 0
+    for view in views:
+        offsets.append(offset)
+        _outofband.write_at(fd, (view,), offset)
+        offset += _outofband.aligned(view.nbytes)
+    if _SEALS:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    refs = [
+        SharedRef(segment, start, view.nbytes)
+        for start, view in zip(offsets, views, strict=True)
+    ]
+    parts = [memoryview(mapping)[ref.offset : ref.offset + ref.size] for ref in refs]
+    copy = pickle.loads(sink.stream(), buffers=parts)
+    _register(copy, refs)
+    return copy  # type: ignore[no-any-return]
+
+
+def _register(copy: object, refs: list[SharedRef]) -> None:
+    """Note which objects of ``copy`` export each buffer, so that pickling
+    them later sends a reference. Found by pickling ``copy`` once more, which
+    hands over the same buffers in the same order without copying them."""
+    finder = _Exporters()
+    _pickling.pickle_into(finder, copy, by_value=False)
+    with _lock:
+        _alive[refs[0].segment.id] = refs[0].segment
+        for exporter, ref in zip(finder.exporters, refs, strict=False):
+            key = id(exporter)
+            try:
+                _registry[key] = (weakref.ref(exporter, _forget(key)), ref)
+            except TypeError:  # cannot be weakly referenced: sent by value
+                continue
+
+
+class _Exporters(_outofband.Sink):
+    """Pickles into nothing; notes the object behind each buffer, in order."""
+
+    __slots__ = ("exporters",)
+
+    def __init__(self) -> None:
+        super().__init__(out_of_band=False)
+        self.exporters: list[object] = []
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        self.exporters.append(buffer.raw().obj)
+        return False
+
+    def reset(self) -> None:
+        self.exporters.clear()
+
+
+def _forget(key: int) -> Callable[[weakref.ref[Any]], None]:
+    def forget(dead: weakref.ref[Any]) -> None:
+        with _lock:
+            entry = _registry.get(key)
+            if entry is not None and entry[0] is dead:
+                del _registry[key]
+
+    return forget
+
+
+def lookup(view: memoryview) -> SharedRef | None:
+    """The shared place of a buffer being pickled, if it is one of ours whole."""
+    if not _registry:
+        return None
+    exporter = view.obj
+    entry = _registry.get(id(exporter))
+    if entry is None or entry[0]() is not exporter:
+        return None
+    ref = entry[1]
+    return ref if ref.size == view.nbytes else None
+
+
+def alive_ids() -> set[int]:
+    """The ids of shared files still in use here (workers may drop the rest)."""
+    return set(_alive.keys())
