@@ -36,7 +36,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """The tour: each feature working for real (examples/tour.py)."""
-    session.install(".[progress,dask]")
+    session.install(".[progress,dask]", "numpy")  # numpy: the large-data section
     session.run("python", "examples/tour.py")
 
 

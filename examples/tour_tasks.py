@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import stalwart
 
@@ -87,3 +88,18 @@ def where_am_i(x: int) -> tuple[int, str, int]:
     """Which process ran this, and what its worker state (the model) says."""
     model: Model = stalwart.worker_state()
     return x, model.classify("good"), os.getpid()
+
+
+def first_and_sum(array: Any) -> tuple[float, float]:
+    """Reads the whole argument (a NumPy array): its first value, and its sum."""
+    return float(array[0]), float(array.sum())
+
+
+def element(array: Any, i: int) -> float:
+    return float(array[i])
+
+
+def ones(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n)

@@ -47,7 +47,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from stalwart._shared import SharedRef, SharedSegment
 
@@ -64,9 +64,9 @@ kept by reference meanwhile (immutable, so still a snapshot, and free)."""
 
 MAX_OPEN_SEGMENTS = 512
 """Live files (one descriptor each) this process keeps for calls not yet
-answered. Past it, a call's big buffers are copied into its stream instead,
-which goes through the pipe: slower, but no call fails for want of a
-descriptor."""
+answered, and at most a quarter of its descriptor limit. Past it, a call's big
+buffers are copied into its stream instead, which goes through the pipe:
+slower, but no call fails for want of a descriptor."""
 
 SEGMENT_MARK = 0x01
 """First byte of a segment frame. A pickle stream starts with PROTO (0x80)."""
@@ -106,11 +106,15 @@ class Segment:
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
             _count_closed(self.size)
+            os.close(fd)
 
-    def __del__(self) -> None:
-        self.close()
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(Exception):  # also at interpreter exit
+                _count_closed(self.size)
+            _close(fd)
 
 
 def _count_closed(size: int) -> None:
@@ -118,6 +122,19 @@ def _count_closed(size: int) -> None:
     with _open_lock:
         _open_count -= 1
         _open_bytes -= size
+
+
+def _segment_limit() -> int:
+    """MAX_OPEN_SEGMENTS, or a quarter of the descriptor limit if lower."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return MAX_OPEN_SEGMENTS
+    if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
+        return MAX_OPEN_SEGMENTS
+    return max(8, min(MAX_OPEN_SEGMENTS, soft // 4))
 
 
 def open_segments() -> tuple[int, int]:
@@ -148,7 +165,10 @@ def write_at(fd: int, pieces: Iterable[memoryview | bytes], offset: int) -> int:
     pending = [memoryview(piece).cast("B") for piece in pieces]
     pending = [piece for piece in pending if piece.nbytes]
     while pending:
-        written = os.pwritev(fd, pending[:_WRITE_BATCH], offset)
+        if _pwritev is not None:
+            written = _pwritev(fd, pending[:_WRITE_BATCH], offset)
+        else:  # no pwritev (older macOS): one piece at a time
+            written = os.pwrite(fd, pending[0], offset)
         if written <= 0:
             raise OSError(f"could not write to a shared memory file at {offset}")
         offset += written
@@ -166,6 +186,9 @@ def consume(pieces: list[memoryview], count: int) -> None:
         else:
             pieces[0] = head[count:]
             count = 0
+
+
+_pwritev = getattr(os, "pwritev", None)
 
 
 def aligned(offset: int) -> int:
@@ -275,7 +298,7 @@ def pack(sink: Sink, *, for_queue: bool) -> Packed | None:
     own = [buffer for buffer in buffers if isinstance(buffer, pickle.PickleBuffer)]
     if for_queue:
         count, held = open_segments()
-        if count >= MAX_OPEN_SEGMENTS and (own or sink.size >= OUT_OF_BAND_BYTES):
+        if count >= _segment_limit() and (own or sink.size >= OUT_OF_BAND_BYTES):
             return Packed(sink.chunks, sink.size) if not buffers else None
         if not buffers and held >= QUEUED_STREAM_BYTES:
             return Packed(sink.chunks, sink.size)

@@ -182,6 +182,7 @@ def _serve(
         mappings.forget(batch.forget_ids)
         if not batch.calls:
             environment.restore()  # RESET: we are being parked
+            mappings.shared.clear()  # the next executor sends what it shares
             continue
         last_seq = batch.calls[-1][1]
         if not _send(frames, pickle.dumps((_wire.RECEIVED, last_seq), _HIGHEST)):
