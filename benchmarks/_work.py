@@ -82,3 +82,26 @@ def burn_cpu(seconds: float) -> float:
     while time.thread_time() < deadline:
         pass
     return seconds
+
+
+def array_sum(arr: object) -> float:
+    """Read every element of a NumPy array and return their sum: the task cannot
+    skip the data it was sent, and the sum tells which data that was."""
+    import numpy as np
+
+    return float(np.asarray(arr).sum())
+
+
+def filled(items: int, value: float) -> object:
+    """Build and return a float64 array of ``items`` copies of ``value``: cheap to
+    make, so the transfer of the result is the cost."""
+    import numpy as np
+
+    return np.full(items, value, dtype=np.float64)
+
+
+def read_one(arr: object, index: int) -> float:
+    """Return one element of a big array: sending the array is the whole cost."""
+    import numpy as np
+
+    return float(np.asarray(arr)[index])

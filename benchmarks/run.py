@@ -37,6 +37,7 @@ ORDER = (
     "bench_submit",
     "bench_crash",
     "bench_large_args",
+    "bench_large_data",
     "bench_map",
     "bench_map_memory",
     "bench_thread",
@@ -208,7 +209,8 @@ def machine() -> list[str]:
         "safe, else its template process (README, 'How workers start')",
         f"- Versions: stalwart {stalwart}; loky {_version('loky')}; "
         f"cloudpickle {_version('cloudpickle')}; pebble {_version('pebble')}; "
-        f"psutil {_version('psutil')}",
+        f"psutil {_version('psutil')}; numpy {_version('numpy')}; "
+        f"joblib {_version('joblib')}",
     ]
 
 
