@@ -24,6 +24,11 @@ def echo(value: Any) -> Any:
     return value
 
 
+def big(packed: bytes | _outofband.Packed) -> _outofband.Packed:
+    assert isinstance(packed, _outofband.Packed), "a call with large data"
+    return packed
+
+
 def receive(packed: _outofband.Packed, *, private: bool = True) -> Any:
     """What a worker rebuilds from ``packed``: its file as the worker gets it."""
     mappings = _outofband.Mappings()
@@ -39,18 +44,18 @@ def receive(packed: _outofband.Packed, *, private: bool = True) -> Any:
         mappings.close_unused()
 
 
-def test_a_small_call_is_one_pickle_in_the_stream() -> None:
+def test_a_small_call_is_its_pickle_bytes() -> None:
     packed = _pickling.pack_call(echo, (np.zeros(10),), {})
-    assert packed.segment is None
-    assert not _outofband.is_segment_frame(packed.data())
-    fn, args, _ = pickle.loads(packed.data())
+    assert isinstance(packed, bytes)
+    assert not _outofband.is_segment_frame(packed)
+    fn, args, _ = pickle.loads(packed)
     assert fn is echo
     assert args[0].tolist() == [0.0] * 10
 
 
 def test_a_big_array_goes_in_a_file_and_the_pipe_carries_a_few_bytes() -> None:
     array = np.arange(BIG // 8 * 4, dtype=np.float64)
-    packed = _pickling.pack_call(echo, (array,), {})
+    packed = big(_pickling.pack_call(echo, (array,), {}))
     assert packed.segment is not None
     assert packed.size < 200
     _, args, _ = receive(packed)
@@ -59,7 +64,7 @@ def test_a_big_array_goes_in_a_file_and_the_pipe_carries_a_few_bytes() -> None:
 
 def test_the_file_is_a_snapshot_taken_at_packing() -> None:
     array = np.zeros(BIG // 8 * 2)
-    packed = _pickling.pack_call(echo, (array,), {})
+    packed = big(_pickling.pack_call(echo, (array,), {}))
     array[0] = 42.0
     _, args, _ = receive(packed)
     assert args[0][0] == 0.0
@@ -68,7 +73,7 @@ def test_the_file_is_a_snapshot_taken_at_packing() -> None:
 def test_a_received_argument_is_writable_and_private() -> None:
     """Copy-on-write: the task may write to its argument, as with the stdlib,
     and the file (what a retry would send again) keeps the submitted data."""
-    packed = _pickling.pack_call(echo, (np.zeros(BIG // 8 * 2),), {})
+    packed = big(_pickling.pack_call(echo, (np.zeros(BIG // 8 * 2),), {}))
     _, args, _ = receive(packed)
     args[0][0] = 7.0
     _, again, _ = receive(packed)
@@ -76,11 +81,9 @@ def test_a_received_argument_is_writable_and_private() -> None:
 
 
 def test_a_reply_mapped_shared_is_writable() -> None:
-    sink = _outofband.Sink(out_of_band=True, shared_ok=False)
-    pickle.Pickler(sink, 5, buffer_callback=sink.buffer_callback).dump(
-        np.ones(BIG // 8 * 2)
-    )
-    packed = _outofband.pack(sink, for_queue=False)
+    buffers = _outofband.Buffers(shared_ok=False)
+    data = pickle.dumps(np.ones(BIG // 8 * 2), 5, buffer_callback=buffers)
+    packed = _outofband.pack([data], buffers.found, for_queue=False)
     assert packed is not None
     assert packed.segment is not None
     value = receive(packed, private=False)
@@ -91,14 +94,14 @@ def test_a_reply_mapped_shared_is_writable() -> None:
 def test_big_bytes_are_kept_by_reference_not_copied() -> None:
     """Immutable, so holding the object is already a snapshot."""
     payload = os.urandom(BIG * 2)
-    sink = _outofband.Sink(out_of_band=True)
-    pickle.Pickler(sink, 5, buffer_callback=sink.buffer_callback).dump(payload)
+    sink = _outofband.Sink()
+    pickle.Pickler(sink, 5).dump(payload)
     assert any(chunk is payload for chunk in sink.chunks)
 
 
 def test_a_big_stream_without_buffers_goes_in_a_file_while_files_are_few() -> None:
     payload = os.urandom(BIG * 2)
-    packed = _pickling.pack_call(echo, (payload,), {})
+    packed = big(_pickling.pack_call(echo, (payload,), {}))
     assert packed.segment is not None
     assert receive(packed)[1][0] == payload
 
@@ -112,7 +115,7 @@ def test_past_the_queued_budget_a_big_stream_waits_as_references(
         _outofband, "open_segments", lambda: (1, _outofband.QUEUED_STREAM_BYTES)
     )
     payload = os.urandom(BIG * 2)
-    packed = _pickling.pack_call(echo, (payload,), {})
+    packed = big(_pickling.pack_call(echo, (payload,), {}))
     assert packed.segment is None
     assert any(part is payload for part in packed.parts)
     assert pickle.loads(packed.data())[1][0] == payload
@@ -125,7 +128,7 @@ def test_with_no_descriptor_to_spare_big_buffers_go_in_the_stream(
         _outofband, "open_segments", lambda: (_outofband.MAX_OPEN_SEGMENTS, 0)
     )
     array = np.arange(BIG // 8 * 2, dtype=np.float64)
-    packed = _pickling.pack_call(echo, (array,), {})
+    packed = big(_pickling.pack_call(echo, (array,), {}))
     assert packed.segment is None
     assert np.array_equal(pickle.loads(packed.data())[1][0], array)
 

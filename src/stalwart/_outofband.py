@@ -44,7 +44,7 @@ import socket
 import struct
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -70,6 +70,8 @@ slower, but no call fails for want of a descriptor."""
 
 SEGMENT_MARK = 0x01
 """First byte of a segment frame. A pickle stream starts with PROTO (0x80)."""
+
+SEGMENT_FRAME_START = bytes([SEGMENT_MARK])
 
 _ALIGN = 64  # buffers start at this alignment in the file (cache lines, SIMD loads)
 _HEAD = struct.Struct("!BQQI")  # mark, own segment id (0: none), stream size, buffers
@@ -198,51 +200,30 @@ def aligned(offset: int) -> int:
 # --------------------------------------------------------------------- pickling
 
 
-class Sink:
-    """The file a protocol-5 pickler writes into, and its ``buffer_callback``.
+class BufferCallback(Protocol):
+    """A pickler's ``buffer_callback`` that notes what it kept out of band."""
 
-    Big buffers stay out of the stream (``buffers``). The pickler hands large
-    payloads to ``write`` as the objects themselves: ``bytes`` are kept by
-    reference (immutable, so a snapshot for free), anything else is copied now,
-    for the same reason.
-    """
+    found: list[Any]  # cleared when a pickling is tried again
 
-    __slots__ = ("buffers", "chunks", "min_bytes", "shared_ok", "size")
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool: ...
+
+
+class Buffers:
+    """A pickler's ``buffer_callback``: keeps every buffer of ``min_bytes`` or
+    more out of the stream (in ``found``, in order); a buffer of a
+    ``stalwart.shared()`` object becomes a reference to its file."""
+
+    __slots__ = ("found", "min_bytes", "shared_ok")
 
     def __init__(
-        self,
-        *,
-        out_of_band: bool,
-        shared_ok: bool = True,
-        min_bytes: int = OUT_OF_BAND_BYTES,
+        self, *, shared_ok: bool = True, min_bytes: int = OUT_OF_BAND_BYTES
     ) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        # None: every buffer stays in the stream
-        self.buffers: list[pickle.PickleBuffer | SharedRef] | None = (
-            [] if out_of_band else None
-        )
+        self.found: list[pickle.PickleBuffer | SharedRef] = []
         self.shared_ok = shared_ok  # a reply never refers to the worker's shared()
         self.min_bytes = min_bytes  # smaller buffers stay in the stream
 
-    def reset(self) -> None:
-        """Forget what a failed pickling wrote (it is tried again)."""
-        self.chunks.clear()
-        self.size = 0
-        if self.buffers is not None:
-            self.buffers.clear()
-
-    def write(self, data: Any) -> int:
-        chunk = data if type(data) is bytes else bytes(data)
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        return len(chunk)
-
-    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         """True: keep ``buffer`` in the stream; False: it travels out of band."""
-        buffers = self.buffers
-        if buffers is None:
-            return True
         try:
             view = buffer.raw()
         except BufferError:  # not contiguous: pickle copies it in band
@@ -254,18 +235,45 @@ class Sink:
             from stalwart import _shared
 
             ref = _shared.lookup(view)
-        buffers.append(buffer if ref is None else ref)
+        self.found.append(buffer if ref is None else ref)
         return False
 
-    def stream(self) -> bytes:
-        chunks = self.chunks
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+class Sink:
+    """A file for a pickler that keeps big ``bytes`` by reference.
+
+    The pickler hands a large payload to ``write`` as the object itself:
+    ``bytes`` are kept as they are (immutable, so a snapshot for free),
+    anything else is copied now, for the same reason. For a call whose stream
+    is big and must wait in the pipe's queue: it then costs no copy.
+    """
+
+    __slots__ = ("buffers", "chunks", "size")
+
+    def __init__(self, buffers: Buffers | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.buffers = buffers
+
+    def write(self, data: Any) -> int:
+        chunk = data if type(data) is bytes else bytes(data)
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def reset(self) -> None:
+        """Forget what a failed pickling wrote (it is tried again)."""
+        self.chunks.clear()
+        self.size = 0
+        if self.buffers is not None:
+            self.buffers.found.clear()
 
 
 class Packed:
-    """A pickled call or reply, ready for the pipe: ``parts`` (the stream, or a
-    segment frame), the file whose descriptor goes with them, and the shared
-    files it refers to."""
+    """A pickled call or reply with large data, ready for the pipe: ``parts``
+    (a segment frame, or a big stream in pieces), the file whose descriptor
+    goes with them, and the shared files it refers to. (A small one is just
+    its ``bytes``.)"""
 
     __slots__ = ("parts", "segment", "shared", "size")
 
@@ -287,38 +295,44 @@ class Packed:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def pack(sink: Sink, *, for_queue: bool) -> Packed | None:
-    """What ``sink`` holds, as a ``Packed``: in the stream if it is small, in a
-    shared memory file if not. ``for_queue``: a call that may wait in a queue
-    (the file budgets apply). None: its big buffers must go in band after all
-    (no descriptor to spare): pickle it again without them."""
-    buffers = sink.buffers or []
-    if not buffers and sink.size < OUT_OF_BAND_BYTES:
-        return Packed(sink.chunks, sink.size)
+def pack(
+    chunks: list[bytes],
+    buffers: list[pickle.PickleBuffer | SharedRef],
+    *,
+    for_queue: bool,
+) -> Packed | None:
+    """A pickle stream (``chunks``) and its out-of-band ``buffers`` as a
+    ``Packed``: in the stream if all is small, in a shared memory file if not.
+    ``for_queue``: a call that may wait in a queue (the file budgets apply).
+    None: its big buffers must go in band after all (no descriptor to spare):
+    pickle it again without them."""
+    size = sum(len(chunk) for chunk in chunks) if len(chunks) != 1 else len(chunks[0])
+    if not buffers and size < OUT_OF_BAND_BYTES:
+        return Packed(chunks, size)
     own = [buffer for buffer in buffers if isinstance(buffer, pickle.PickleBuffer)]
     if for_queue:
         count, held = open_segments()
-        if count >= _segment_limit() and (own or sink.size >= OUT_OF_BAND_BYTES):
-            return Packed(sink.chunks, sink.size) if not buffers else None
+        if count >= _segment_limit() and (own or size >= OUT_OF_BAND_BYTES):
+            return Packed(chunks, size) if not buffers else None
         if not buffers and held >= QUEUED_STREAM_BYTES:
-            return Packed(sink.chunks, sink.size)
-    in_file = bool(own) or sink.size >= OUT_OF_BAND_BYTES
+            return Packed(chunks, size)
+    in_file = bool(own) or size >= OUT_OF_BAND_BYTES
     try:
-        segment = _write_segment(sink, own) if in_file else None
+        segment = _write_segment(chunks, size, own) if in_file else None
     except OSError as exc:
         if exc.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
             raise MemoryError(
-                f"no memory for a {_mib(sink, own)} shared memory file: {exc}"
+                f"no memory for a {_mib(size, own)} shared memory file: {exc}"
             ) from exc
         if exc.errno not in (errno.EMFILE, errno.ENFILE):
             raise
-        return None if buffers else Packed(sink.chunks, sink.size)  # no descriptor
-    frame = _segment_frame(sink, buffers, segment)
+        return None if buffers else Packed(chunks, size)  # no descriptor to spare
+    frame = _segment_frame(chunks, size, buffers, segment)
     return Packed([frame], len(frame), segment, tuple(_shared_of(buffers)))
 
 
-def _mib(sink: Sink, own: list[pickle.PickleBuffer]) -> str:
-    size = sink.size + sum(buffer.raw().nbytes for buffer in own)
+def _mib(size: int, own: list[pickle.PickleBuffer]) -> str:
+    size += sum(buffer.raw().nbytes for buffer in own)
     return f"{size / 2**20:.1f} MiB"
 
 
@@ -330,18 +344,20 @@ def _shared_of(buffers: list[pickle.PickleBuffer | SharedRef]) -> list[SharedSeg
     return list(seen.values())
 
 
-def _write_segment(sink: Sink, own: list[pickle.PickleBuffer]) -> Segment:
+def _write_segment(
+    chunks: list[bytes], stream_size: int, own: list[pickle.PickleBuffer]
+) -> Segment:
     """Copy the stream, then each of ``own``'s buffers, into a new file."""
     global _open_count, _open_bytes
-    size = aligned(sink.size) + sum(aligned(b.raw().nbytes) for b in own)
+    size = aligned(stream_size) + sum(aligned(b.raw().nbytes) for b in own)
     fd = memory_file(size, "stalwart-data")
     segment = Segment(fd, size, next(_ids))
     with _open_lock:
         _open_count += 1
         _open_bytes += size
     try:
-        write_at(fd, sink.chunks, 0)
-        offset = aligned(sink.size)
+        write_at(fd, chunks, 0)
+        offset = aligned(stream_size)
         for buffer in own:
             view = buffer.raw()
             write_at(fd, (view,), offset)
@@ -353,14 +369,15 @@ def _write_segment(sink: Sink, own: list[pickle.PickleBuffer]) -> Segment:
 
 
 def _segment_frame(
-    sink: Sink,
+    chunks: list[bytes],
+    stream_size: int,
     buffers: list[pickle.PickleBuffer | SharedRef],
     segment: Segment | None,
 ) -> bytes:
     """The layout the pipe carries in place of the stream (and the stream
     itself, if it is not in the file)."""
     entries = []
-    offset = aligned(sink.size)
+    offset = aligned(stream_size)
     for buffer in buffers:
         if isinstance(buffer, pickle.PickleBuffer):
             assert segment is not None
@@ -370,9 +387,9 @@ def _segment_frame(
         else:
             entries.append(_ENTRY.pack(buffer.segment.id, buffer.offset, buffer.size))
     own_id = 0 if segment is None else segment.id
-    head = _HEAD.pack(SEGMENT_MARK, own_id, sink.size, len(buffers))
-    inline = b"" if segment is not None else sink.stream()
-    frame = b"".join([head, *entries, inline])
+    head = _HEAD.pack(SEGMENT_MARK, own_id, stream_size, len(buffers))
+    inline = [] if segment is not None else chunks
+    frame = b"".join([head, *entries, *inline])
     if segment is not None:
         segment.frame = frame
     return frame

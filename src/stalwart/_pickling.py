@@ -105,18 +105,26 @@ _FIX_FOR_RESULT = (
 # --------------------------------------------------------------------------- dumps
 
 
-def dumps(obj: object, *, by_value: bool = False) -> bytes:
+def dumps(
+    obj: object,
+    *,
+    by_value: bool = False,
+    buffer_callback: _outofband.BufferCallback | None = None,
+) -> bytes:
     """Pickle by reference what workers can import, by value (cloudpickle) only what they cannot.
 
     ``by_value=True`` is for workers that do not re-import the main script (loky's own
     start method): ``__main__``'s functions and classes then travel by value too.
+    ``buffer_callback`` (``_outofband.Buffers``) keeps big buffers out of band.
     """
     if not by_value and _is_main_importable():
         try:
-            return _pickle_dumps(obj, _PROTOCOL)
+            return _pickle_dumps(obj, _PROTOCOL, buffer_callback=buffer_callback)
         except _PICKLING_FAILURES:
-            pass  # a lambda, closure or local class somewhere inside: go by value
-    return _dumps_by_value(obj, by_value)
+            if buffer_callback is not None:
+                buffer_callback.found.clear()
+            # a lambda, closure or local class somewhere inside: go by value
+    return _dumps_by_value(obj, by_value, buffer_callback)
 
 
 def loads(data: bytes | bytearray | memoryview) -> Any:
@@ -147,10 +155,12 @@ def _is_main_importable() -> bool:
     return verdict
 
 
-def _dumps_by_value(obj: object, main_by_value: bool) -> bytes:
+def _dumps_by_value(
+    obj: object, main_by_value: bool, buffer_callback: Any = None
+) -> bytes:
     """cloudpickle, except that an importable ``__main__`` is still used by reference."""
     with io.BytesIO() as buffer:
-        _by_value_pickler(buffer, main_by_value).dump(obj)
+        _by_value_pickler(buffer, main_by_value, buffer_callback).dump(obj)
         return buffer.getvalue()
 
 
@@ -229,42 +239,48 @@ def pack_call(
     *,
     action: str = "submit",
     by_value: bool = False,
-) -> _outofband.Packed:
+) -> bytes | _outofband.Packed:
     """``serialize_call`` for a process pool's worker: big buffers out of band.
 
     The same one pickling, and the same PicklingError; the buffers of
     ``_outofband.OUT_OF_BAND_BYTES`` or more are copied into shared memory
     now, so that what the task sees is the data at ``submit()``.
     """
-    sink = _outofband.Sink(out_of_band=True)
+    call = (fn, args, kwargs)
+    buffers = _outofband.Buffers()
     try:
-        pickle_into(sink, (fn, args, kwargs), by_value)
+        data = dumps(call, by_value=by_value, buffer_callback=buffers)
     except MemoryError:
         raise
     except Exception as exc:
         raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
-    packed = _outofband.pack(sink, for_queue=True)
+    if not buffers.found and len(data) < _outofband.OUT_OF_BAND_BYTES:
+        return data  # the common case: a small call, the bytes as they are
+    packed = _outofband.pack([data], buffers.found, for_queue=True)
     if packed is None:  # no descriptor to spare: every buffer in the stream
-        sink = _outofband.Sink(out_of_band=False)
-        pickle_into(sink, (fn, args, kwargs), by_value)
+        data = dumps(call, by_value=by_value)
+        packed = _outofband.Packed([data], len(data))
+    if packed.segment is None and packed.size >= _outofband.OUT_OF_BAND_BYTES:
+        # A big stream that waits for the pipe: hold its big bytes by
+        # reference, not as a copy (2,000 calls passing one 1 MiB bytes).
+        sink = _outofband.Sink()
+        pickle_into(sink, call, by_value)
         packed = _outofband.Packed(sink.chunks, sink.size)
     return packed
 
 
-def pickle_into(sink: Any, obj: object, by_value: bool) -> None:
-    """What ``dumps`` does, into ``sink`` (an ``_outofband.Sink``: it has
-    ``write``, ``buffer_callback`` and ``reset``), protocol 5."""
+def pickle_into(
+    file: Any, obj: object, by_value: bool, buffer_callback: Any = None
+) -> None:
+    """What ``dumps`` does, into ``file`` (which has ``write`` and ``reset``)."""
     if not by_value and _is_main_importable():
         try:
-            pickle.Pickler(sink, _PROTOCOL, buffer_callback=sink.buffer_callback).dump(
-                obj
-            )
+            pickle.Pickler(file, _PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         except _PICKLING_FAILURES:
-            sink.reset()  # a lambda, closure or local class inside: go by value
+            file.reset()  # a lambda, closure or local class inside: go by value
         else:
             return
-    pickler = _by_value_pickler(sink, by_value, sink.buffer_callback)
-    pickler.dump(obj)
+    _by_value_pickler(file, by_value, buffer_callback).dump(obj)
 
 
 def serialize_result(value: object, *, task: str, by_value: bool = False) -> bytes:

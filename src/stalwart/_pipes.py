@@ -17,9 +17,10 @@ arrived, workers that ended); the dispatcher decides what follows.
 
 from __future__ import annotations
 
+import itertools
 import os
 import selectors
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from stalwart import _outofband
 
@@ -50,6 +51,7 @@ def _close_outbox(slot: WorkerSlot) -> None:
         if isinstance(chunk, WithFds):
             chunk.close()
     slot.outbox.clear()
+    slot.outbox_fds = 0
 
 
 class Pipes:
@@ -142,6 +144,7 @@ class Pipes:
                 _outofband.close_all(duplicates)
                 raise
             slot.outbox.append(WithFds(views[0], duplicates))
+            slot.outbox_fds += 1
             views = views[1:]
         slot.outbox.extend(views)
         if was_empty:
@@ -159,8 +162,7 @@ class Pipes:
                 _close_outbox(slot)  # the worker is gone; its sentinel tells how
                 break
             while written:
-                head = outbox[0]
-                assert isinstance(head, memoryview)
+                head = cast("memoryview", outbox[0])  # sent: plain bytes now
                 if written >= len(head):
                     written -= len(head)
                     outbox.popleft()
@@ -179,6 +181,8 @@ class Pipes:
         """One ``writev`` (or ``sendmsg``, when the head carries descriptors)
         of the outbox's first chunks, up to the next chunk with descriptors."""
         outbox = slot.outbox
+        if not slot.outbox_fds:  # the common case: no descriptor waits
+            return os.writev(slot.fd, list(itertools.islice(outbox, 64)))  # type: ignore[arg-type]
         head = outbox[0]
         views: list[memoryview] = []
         for chunk in outbox:
@@ -195,6 +199,7 @@ class Pipes:
         written = slot.sock.sendmsg(views, _outofband.rights(head.fds))
         head.close()  # in the worker's hands now (they came with the first byte)
         outbox[0] = head.view
+        slot.outbox_fds -= 1
         return written
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ class Replies:
         try:
             if isinstance(frame, _wire.Unreadable):
                 raise frame.error
-            if _outofband.is_segment_frame(frame):
+            if frame[:1] == _outofband.SEGMENT_FRAME_START:
                 fd = slot.reader.take_fd()
                 reply = _wire.decode_reply(_outofband.load_reply(frame, [fd]))
             else:

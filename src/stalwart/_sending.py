@@ -33,13 +33,13 @@ class Sender:
     def fill(self, slot: WorkerSlot, room: int) -> None:
         """Send `slot` up to `room` tasks from the front of the pending queue."""
         pending = self.inbox.pending
-        entries: list[tuple[int, int, _outofband.Packed]] = []
+        entries: list[tuple[int, int, bytes | _outofband.Packed]] = []
         batch: list[Task] = []
         files = _Files(slot)
         while room and pending:
             call = pending[0].call
             assert call is not None, "a pending task keeps its call"
-            if not files.take(call):
+            if not isinstance(call, bytes) and not files.take(call):
                 break  # this frame carries enough descriptors: the next one
             task = pending.popleft()
             task.slot = slot
@@ -58,7 +58,7 @@ class Sender:
         if not batch:
             return
         slot.in_flight.extend(batch)
-        size = sum(call.size for _, _, call in entries)
+        size = sum(_wire.call_size(call) for _, _, call in entries)
         slot.unacknowledged.append((batch[-1].seq, size))
         slot.unacknowledged_bytes += size
         if slot.tasks_left is not None:

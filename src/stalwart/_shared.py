@@ -89,11 +89,11 @@ def shared(obj: T) -> T:
     ``shared()`` was called; call it again to send new data. Works with every
     executor: a thread pool simply passes the object.
     """
-    sink = _outofband.Sink(out_of_band=True, shared_ok=False, min_bytes=0)
-    _pickling.pickle_into(sink, obj, by_value=False)
-    buffers = [b for b in sink.buffers or () if isinstance(b, pickle.PickleBuffer)]
+    found = _outofband.Buffers(shared_ok=False, min_bytes=0)
+    stream = _pickling.dumps(obj, buffer_callback=found)
+    buffers = [b for b in found.found if isinstance(b, pickle.PickleBuffer)]
     if not buffers:
-        return pickle.loads(sink.stream())  # type: ignore[no-any-return]
+        return pickle.loads(stream)  # type: ignore[no-any-return]
     views = [buffer.raw() for buffer in buffers]
     size = sum(_outofband.aligned(view.nbytes) for view in views)
     fd = _outofband.memory_file(size, "stalwart-shared", sealable=True)
@@ -112,7 +112,7 @@ def shared(obj: T) -> T:
         for start, view in zip(offsets, views, strict=True)
     ]
     parts = [memoryview(mapping)[ref.offset : ref.offset + ref.size] for ref in refs]
-    copy = pickle.loads(sink.stream(), buffers=parts)
+    copy = pickle.loads(stream, buffers=parts)
     _register(copy, refs)
     return copy  # type: ignore[no-any-return]
 
@@ -122,10 +122,10 @@ def _register(copy: object, refs: list[SharedRef]) -> None:
     them later sends a reference. Found by pickling ``copy`` once more, which
     hands over the same buffers in the same order without copying them."""
     finder = _Exporters()
-    _pickling.pickle_into(finder, copy, by_value=False)
+    _pickling.dumps(copy, buffer_callback=finder)
     with _lock:
         _alive[refs[0].segment.id] = refs[0].segment
-        for exporter, ref in zip(finder.exporters, refs, strict=False):
+        for exporter, ref in zip(finder.found, refs, strict=False):
             key = id(exporter)
             try:
                 _registry[key] = (weakref.ref(exporter, _forget(key)), ref)
@@ -133,24 +133,15 @@ def _register(copy: object, refs: list[SharedRef]) -> None:
                 continue
 
 
-class _Exporters(_outofband.Sink):
-    """Pickles into nothing; notes the object behind each buffer, in order."""
-
-    __slots__ = ("exporters",)
+class _Exporters:
+    """A ``buffer_callback`` that notes the object behind each buffer, in order."""
 
     def __init__(self) -> None:
-        super().__init__(out_of_band=False)
-        self.exporters: list[object] = []
+        self.found: list[object] = []  # cleared by dumps() on a retry
 
-    def write(self, data: Any) -> int:
-        return len(data)
-
-    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
-        self.exporters.append(buffer.raw().obj)
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        self.found.append(buffer.raw().obj)
         return False
-
-    def reset(self) -> None:
-        self.exporters.clear()
 
 
 def _forget(key: int) -> Callable[[weakref.ref[Any]], None]:

@@ -80,7 +80,7 @@ class Task:
         self,
         task_id: int,
         future: Future[Any],
-        call: _outofband.Packed,
+        call: bytes | _outofband.Packed,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -90,7 +90,7 @@ class Task:
         self.future = future
         # The call as submit() pickled it (its snapshot), kept until the
         # task ends: a call sent again (taken back, retried) sends the same.
-        self.call: _outofband.Packed | None = call
+        self.call: bytes | _outofband.Packed | None = call
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -139,6 +139,7 @@ class WorkerSlot:
         self.state = WorkerState.STARTING
         self.reader = _wire.FrameReader()
         self.outbox: collections.deque[memoryview | WithFds] = collections.deque()
+        self.outbox_fds = 0  # chunks in the outbox that carry descriptors
         self.in_flight: collections.deque[Task] = collections.deque()
         self.next_seq = 1  # the sequence number of the next call sent
         self.acked_seq = 0  # the worker has read every call up to this one

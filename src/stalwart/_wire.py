@@ -70,7 +70,7 @@ def frame_header(payload_size: int) -> bytes:
 
 
 def encode_batch(
-    entries: list[tuple[int, int, _outofband.Packed]],
+    entries: list[tuple[int, int, bytes | _outofband.Packed]],
     own_ids: Sequence[int] = (),
     shared_ids: Sequence[int] = (),
     forget_ids: Sequence[int] = (),
@@ -79,18 +79,27 @@ def encode_batch(
     chunks for ``os.writev``, header first; the calls are not copied. The ids
     name the files whose descriptors go with the frame, in that order."""
     numbers = [
-        number for task_id, seq, call in entries for number in (task_id, seq, call.size)
+        number
+        for task_id, seq, call in entries
+        for number in (task_id, seq, call_size(call))
     ]
     numbers += [*own_ids, *shared_ids, *forget_ids]
     index = _BATCH_HEAD.pack(
         len(entries), len(own_ids), len(shared_ids), len(forget_ids)
     ) + struct.pack(f"!{len(numbers)}Q", *numbers)
-    size = len(index) + sum(call.size for _, _, call in entries)
-    return [
-        frame_header(size),
-        index,
-        *(p for _, _, call in entries for p in call.parts),
-    ]
+    chunks = [b"", index]
+    for _, _, call in entries:
+        if isinstance(call, bytes):
+            chunks.append(call)
+        else:
+            chunks += call.parts
+    chunks[0] = frame_header(sum(map(len, chunks)))
+    return chunks
+
+
+def call_size(call: bytes | _outofband.Packed) -> int:
+    """Bytes a call takes in its batch frame."""
+    return len(call) if isinstance(call, bytes) else call.size
 
 
 RESET_FRAME = frame_header(_BATCH_HEAD.size) + _BATCH_HEAD.pack(0, 0, 0, 0)
@@ -377,6 +386,9 @@ class FrameReader:
         self._large = large
 
 
+_SMALL_FRAME = 16384  # smaller frames are sent header and all in one write
+
+
 class BlockingFrames:
     """The worker's end of its pipe: whole frames in, whole frames out, with
     the descriptors that ride on them (a plain ``Connection`` would drop them)."""
@@ -414,6 +426,9 @@ class BlockingFrames:
 
     def send(self, parts: list[bytes], fds: list[int] | None = None) -> None:
         """Send one frame made of ``parts``, ``fds`` attached to its first byte."""
+        if not fds and len(parts) == 1 and len(parts[0]) < _SMALL_FRAME:
+            self.sock.sendall(frame_header(len(parts[0])) + parts[0])  # one write
+            return
         size = sum(len(part) for part in parts)
         pieces = [memoryview(frame_header(size))]
         pieces += [memoryview(part) for part in parts if part]

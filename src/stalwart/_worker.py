@@ -278,10 +278,12 @@ def _pack_reply(reply: tuple[Any, ...], out_of_band: bool) -> bytes | _outofband
     """A reply tuple pickled, its big buffers in shared memory if ``out_of_band``."""
     if not out_of_band:
         return pickle.dumps(reply, _HIGHEST)
-    sink = _outofband.Sink(out_of_band=True, shared_ok=False)
-    pickle.Pickler(sink, _HIGHEST, buffer_callback=sink.buffer_callback).dump(reply)
+    buffers = _outofband.Buffers(shared_ok=False)
+    data = pickle.dumps(reply, _HIGHEST, buffer_callback=buffers)
+    if not buffers.found and len(data) < _outofband.OUT_OF_BAND_BYTES:
+        return data  # the common case: a small reply, in band
     try:
-        packed = _outofband.pack(sink, for_queue=False)
+        packed = _outofband.pack([data], buffers.found, for_queue=False)
     except MemoryError:
         raise  # this task fails; the worker carries on
     except OSError:  # no shared memory file to be had: the pipe, as the stdlib
