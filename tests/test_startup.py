@@ -234,6 +234,34 @@ def test_a_module_that_starts_a_thread_sends_workers_to_fresh_interpreters(
     assert "a fresh interpreter" in err
 
 
+def test_a_main_script_that_imports_numpy_still_gets_workers_from_the_template(
+    tmp_path: Path,
+) -> None:
+    """NumPy's OpenBLAS starts its thread pool at import: the caller cannot be
+    forked, and a template importing the script the same way would be unfit.
+    The template imports with BLAS single-threaded, so it forks the workers."""
+    pytest.importorskip("numpy")
+    out, err = finish(
+        start_script(
+            tmp_path,
+            f"""
+            import os
+            import numpy
+            import stalwart
+
+            if __name__ == "__main__":
+                {DEBUG_LOG}
+                with stalwart.ProcessPoolExecutor(2) as ex:
+                    print(sum(ex.map(abs, range(-5, 0))))
+            """,
+        ),
+        check=True,
+    )
+    assert out.split("\n")[0] == "15"
+    assert "forked from the template" in err, err
+    assert "a fresh interpreter" not in err, err
+
+
 def test_the_initializer_global_pattern_works_from_the_template(
     tmp_path: Path,
 ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import selectors
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from stalwart import _outofband
 
@@ -32,18 +32,26 @@ if TYPE_CHECKING:
     Frame = bytes | bytearray | _wire.Unreadable
 
 
+class HasFd(Protocol):
+    """A shared memory file (``_outofband.Segment``, ``_shared.SharedSegment``):
+    open for as long as something holds it."""
+
+    fd: int
+
+
 class WithFds:
-    """An outbox chunk that starts a frame carrying descriptors (ours: dups)."""
+    """An outbox chunk that starts a frame carrying the descriptors of
+    ``files``; holding them keeps each open until it is sent, even if its task
+    ends meanwhile (cancelled), so no closed or reused number is ever sent."""
 
-    __slots__ = ("fds", "view")
+    __slots__ = ("files", "view")
 
-    def __init__(self, view: memoryview, fds: list[int]) -> None:
+    def __init__(self, view: memoryview, files: list[HasFd]) -> None:
         self.view = view
-        self.fds = fds
+        self.files = files
 
     def close(self) -> None:
-        _outofband.close_all(self.fds)
-        self.fds = []
+        self.files = []
 
 
 def _close_outbox(slot: WorkerSlot) -> None:
@@ -131,19 +139,14 @@ class Pipes:
         return self.selector.get_map().get(slot.fd) is not None
 
     def send(
-        self, slot: WorkerSlot, chunks: list[bytes], fds: list[int] | None = None
+        self, slot: WorkerSlot, chunks: list[bytes], files: list[HasFd] | None = None
     ) -> None:
-        """Queue a frame (``chunks``, header first), ``fds`` riding on it."""
+        """Queue a frame (``chunks``, header first), the descriptors of
+        ``files`` riding on it."""
         was_empty = not slot.outbox
         views = [memoryview(chunk) for chunk in chunks]
-        if fds:
-            duplicates: list[int] = []
-            try:
-                duplicates.extend(os.dup(fd) for fd in fds)
-            except BaseException:
-                _outofband.close_all(duplicates)
-                raise
-            slot.outbox.append(WithFds(views[0], duplicates))
+        if files:
+            slot.outbox.append(WithFds(views[0], files))
             slot.outbox_fds += 1
             views = views[1:]
         slot.outbox.extend(views)
@@ -196,7 +199,8 @@ class Pipes:
                 break
         if not isinstance(head, WithFds):
             return os.writev(slot.fd, views)
-        written = slot.sock.sendmsg(views, _outofband.rights(head.fds))
+        fds = [file.fd for file in head.files]
+        written = slot.sock.sendmsg(views, _outofband.rights(fds))
         head.close()  # in the worker's hands now (they came with the first byte)
         outbox[0] = head.view
         slot.outbox_fds -= 1

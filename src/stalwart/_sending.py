@@ -16,7 +16,7 @@ from stalwart import _claims, _outofband, _shared, _wire
 if TYPE_CHECKING:
     from stalwart._inbox import Inbox
     from stalwart._ledger import Ledger
-    from stalwart._pipes import Pipes
+    from stalwart._pipes import HasFd, Pipes
     from stalwart._slot import Task, WorkerSlot
 
 
@@ -66,7 +66,7 @@ class Sender:
         frame = _wire.encode_batch(
             entries, files.own_ids, files.shared_ids, files.forgotten()
         )
-        self.pipes.send(slot, frame, files.fds)
+        self.pipes.send(slot, frame, files.files)
 
     def steal(self, slot: WorkerSlot, count: int) -> None:
         """Take back up to ``count`` unstarted calls from the end of ``slot``'s
@@ -94,15 +94,15 @@ class _Files:
 
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
-        self.own_fds: list[int] = []
+        self.own_files: list[_outofband.Segment] = []
         self.own_ids: list[int] = []
-        self.shared_fds: list[int] = []
+        self.shared_files: list[_shared.SharedSegment] = []
         self.shared_ids: list[int] = []
 
     @property
-    def fds(self) -> list[int]:
+    def files(self) -> list[HasFd]:
         """In the order the worker pairs them with ids: own files, then shared."""
-        return self.own_fds + self.shared_fds
+        return [*self.own_files, *self.shared_files]
 
     def take(self, call: _outofband.Packed) -> bool:
         """Add ``call``'s files; False if the frame has no room for them
@@ -117,10 +117,10 @@ class _Files:
         if count and count + needed > _outofband.MAX_FDS_PER_FRAME:
             return False
         if segment is not None:
-            self.own_fds.append(segment.fd)
+            self.own_files.append(segment)
             self.own_ids.append(segment.id)
         for shared in new_shared:
-            self.shared_fds.append(shared.fd)
+            self.shared_files.append(shared)
             self.shared_ids.append(shared.id)
             sent.add(shared.id)
         return True

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import multiprocessing
 import multiprocessing.process as mp_process
 import os
 import socket
@@ -31,6 +30,8 @@ from multiprocessing.connection import wait
 from multiprocessing.context import set_spawning_popen
 from multiprocessing.process import BaseProcess
 from typing import Any, NoReturn
+
+from loky.backend import context as loky_context
 
 from stalwart import _spawn, _template_server
 from stalwart._template_server import InheritedFd, read_signed
@@ -117,11 +118,15 @@ class Template:
     def _start(self) -> None:
         parent_end, template_end = socket.socketpair()
         modules = preloadable_modules()
-        process = multiprocessing.get_context("spawn").Process(
+        # loky's spawn: its child gets an environment of its own from the
+        # start (BLAS pools stay single-threaded while the main script and the
+        # modules are imported), without touching this process's.
+        process = loky_context.get_context("loky").Process(
             target=_template_server.serve,
             args=(template_end, modules),
             name="stalwart-template",
             daemon=True,  # multiprocessing ends it at exit, after our workers
+            env=_template_server.single_threaded_blas(),
         )
         try:
             _spawn.start_helper_process(process)

@@ -128,6 +128,20 @@ def _set_process_name(name: bytes) -> bytes:
     return previous
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+"""OpenBLAS (NumPy's, SciPy's) starts its thread pool as it is imported, and a
+process running threads is not forked. Unless the user set them, the template
+imports with these at 1: no pool starts, and the workers forked from it run
+BLAS single-threaded, as joblib's loky backend runs one worker per CPU."""
+
+
+def single_threaded_blas() -> dict[str, str]:
+    """The template's own environment additions: BLAS_THREAD_VARIABLES at 1,
+    those the user has not set (the template drops them again once it has
+    imported everything; each worker takes the parent's environment)."""
+    return {name: "1" for name in BLAS_THREAD_VARIABLES if name not in os.environ}
+
+
 def _preload(modules: list[str]) -> list[tuple[str, str]]:
     """Import each module; return the ones that failed, with why."""
     skipped = []
