@@ -26,8 +26,11 @@ def script_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def start_script(tmp_path: Path, code: str, *args: str) -> subprocess.Popen[str]:
-    """Write `code` (dedented) to a script in `tmp_path` and start it there."""
+def start_script(
+    tmp_path: Path, code: str, *args: str, unset: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """Write `code` (dedented) to a script in `tmp_path` and start it there,
+    without the environment variables named in `unset`."""
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(code))
     return subprocess.Popen(
@@ -35,7 +38,7 @@ def start_script(tmp_path: Path, code: str, *args: str) -> subprocess.Popen[str]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=script_env(),
+        env={k: v for k, v in script_env().items() if k not in unset},
         cwd=tmp_path,
     )
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from stalwart import _forking
+from stalwart import _forking, _template_server
 from tests._scripts import finish, run_for_json, start_script
 from tests.conftest import wait_until
 
@@ -250,14 +250,20 @@ def test_a_main_script_that_imports_numpy_still_gets_workers_from_the_template(
             import stalwart
 
             if __name__ == "__main__":
+                print(len(os.listdir("/proc/self/task")))
                 {DEBUG_LOG}
                 with stalwart.ProcessPoolExecutor(2) as ex:
                     print(sum(ex.map(abs, range(-5, 0))))
             """,
+            # What a dask cluster earlier in this session may have set here.
+            unset=_template_server.BLAS_THREAD_VARIABLES,
         ),
         check=True,
     )
-    assert out.split("\n")[0] == "15"
+    threads, total = out.split("\n")[:2]
+    if threads == "1":
+        pytest.skip("NumPy started no thread on this machine (one CPU?)")
+    assert total == "15"
     assert "forked from the template" in err, err
     assert "a fresh interpreter" not in err, err
 
