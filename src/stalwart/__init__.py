@@ -29,6 +29,8 @@ from concurrent.futures import (
     wait,
 )
 
+# joblib's backend="stalwart": registered now if joblib is loaded, else as it is.
+from stalwart import _joblib_registration
 from stalwart._dask import DaskExecutor
 from stalwart._kind import executor
 from stalwart._process import ProcessPoolExecutor
@@ -44,6 +46,8 @@ from stalwart.errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+
+_joblib_registration.install()
 
 # A library logs, the application decides where it goes (crash and start-up
 # decisions are logged at WARNING on "stalwart"; the exceptions carry them too).

@@ -350,6 +350,9 @@ def _safe_str(exc: BaseException) -> str:
 def describe(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """A short, never-raising description of a task, as every executor names it
     in its errors: ``crash('segv')``, or ``a map chunk of 12 calls to f(...)``."""
+    named = getattr(fn, "describe_task", None)  # a task that names itself
+    if callable(named) and not args and not kwargs:
+        return str(named())
     return describe_chunk(fn, args) or _pickling.describe_task(fn, args, kwargs)
 
 

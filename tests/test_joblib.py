@@ -1,0 +1,204 @@
+"""joblib's ``backend="stalwart"``, driven the way scikit-learn users drive it:
+``parallel_config(backend=..., n_jobs=2)`` around real estimators."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+import stalwart
+from tests._tasks import TIMEOUT
+from tests.conftest import wait_until
+
+joblib = pytest.importorskip("joblib")
+pytest.importorskip("sklearn")
+pytest.importorskip("threadpoolctl")
+
+from joblib.externals.loky import reusable_executor as loky_reusable  # noqa: E402
+from joblib.externals.loky.process_executor import TerminatedWorkerError  # noqa: E402
+from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+
+from tests import _joblib_tasks  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+GRID = {"C": [0.01, 0.1, 1.0, 10.0]}
+IDLE_S = 1.0
+"""Parked workers' idle_timeout here: warm for the next Parallel call, gone
+before the leak check gives up."""
+
+
+@pytest.fixture
+def loky_ends() -> Iterator[None]:
+    """joblib's loky backend keeps its workers for 300 s: end them after the test."""
+    yield
+    executor = loky_reusable._executor  # not get_reusable_executor(): no new one
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+    for thread in threading.enumerate():  # a broken loky pool's queue feeder
+        if thread.name == "QueueFeederThread":
+            thread.join(TIMEOUT)
+
+
+def config(backend: str, **options: Any) -> Any:
+    """``parallel_config`` for two workers (stalwart's park for IDLE_S)."""
+    if backend == "stalwart":
+        options.setdefault("idle_timeout", IDLE_S)
+    return joblib.parallel_config(backend=backend, n_jobs=2, **options)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Any, Any]:
+    return make_classification(n_samples=300, n_features=12, random_state=0)
+
+
+def search(estimator: Any, data: tuple[Any, Any], backend: str, **options: Any) -> Any:
+    with config(backend, **options):
+        return GridSearchCV(estimator, GRID, cv=3).fit(*data)
+
+
+@pytest.mark.usefixtures("loky_ends")
+def test_cross_val_score_and_grid_search_match_the_loky_backend(
+    data: tuple[Any, Any],
+) -> None:
+    scores = {}
+    searches = {}
+    for backend in ("loky", "stalwart"):
+        with config(backend):
+            scores[backend] = cross_val_score(
+                LogisticRegression(max_iter=200), *data, cv=5
+            ).tolist()
+        searches[backend] = search(LogisticRegression(max_iter=200), data, backend)
+    assert scores["stalwart"] == scores["loky"]
+    assert searches["stalwart"].best_params_ == searches["loky"].best_params_
+    assert (
+        searches["stalwart"].cv_results_["mean_test_score"].tolist()
+        == searches["loky"].cv_results_["mean_test_score"].tolist()
+    )
+
+
+@pytest.mark.usefixtures("loky_ends")
+def test_a_fit_whose_worker_is_killed_once_is_run_again_with_retries(
+    data: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """On loky the whole search fails; on stalwart with retries=1 the fold
+    that lost its worker runs again and the search ends as if nothing died."""
+    expected = search(LogisticRegression(max_iter=200), data, "loky")
+    estimator = _joblib_tasks.DiesOnceLogistic(marker=str(tmp_path / "loky-died"))
+    with pytest.raises(TerminatedWorkerError):
+        search(estimator, data, "loky")
+    estimator = _joblib_tasks.DiesOnceLogistic(marker=str(tmp_path / "died"))
+    found = search(estimator, data, "stalwart", retries=1)
+    assert (tmp_path / "died").exists(), "no worker died: the test proved nothing"
+    assert found.best_params_ == expected.best_params_
+    assert (
+        found.cv_results_["mean_test_score"].tolist()
+        == expected.cv_results_["mean_test_score"].tolist()
+    )
+
+
+def test_without_retries_the_crash_names_the_task_and_comes_at_once(
+    data: tuple[Any, Any], tmp_path: Path
+) -> None:
+    estimator = _joblib_tasks.DiesOnceLogistic(marker=str(tmp_path / "died"))
+    started = time.monotonic()
+    with pytest.raises(stalwart.WorkerCrashedError) as caught:
+        search(estimator, data, "stalwart")
+    assert time.monotonic() - started < TIMEOUT / 2, (
+        "the crash was not reported at once"
+    )
+    assert caught.value.signal == "SIGKILL"
+    assert "SIGKILL" in str(caught.value)
+    assert "_fit_and_score" in str(caught.value), str(caught.value)
+
+
+def test_a_hung_fit_times_out_and_its_worker_tree_is_killed(
+    data: tuple[Any, Any], tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    estimator = _joblib_tasks.HangsLogistic(hang_at=1.0, pid_file=str(pid_file))
+    with pytest.raises(stalwart.TaskTimeoutError):
+        search(estimator, data, "stalwart", task_timeout=3)
+    assert pid_file.exists(), "the hanging fit never ran"
+    children = [int(line) for line in pid_file.read_text().split()]
+    wait_until(
+        lambda: not any(alive(pid) for pid in children),
+        "the hung fits' child processes to die with their workers",
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_workers_stay_warm_between_parallel_calls() -> None:
+    """The second ``Parallel`` call runs on the workers the first one started."""
+    with config("stalwart"):
+        joblib.Parallel()(joblib.delayed(_joblib_tasks.pid)(i) for i in range(20))
+        started = {p.pid for p in psutil.Process().children(recursive=True)}
+        second = joblib.Parallel()(
+            joblib.delayed(_joblib_tasks.pid)(i) for i in range(20)
+        )
+    assert set(second) <= started
+
+
+def test_blas_pools_in_workers_are_limited_to_their_share_of_the_cpus() -> None:
+    expected = max(1, joblib.cpu_count() // 2)
+    with config("stalwart"):
+        counts = joblib.Parallel()(
+            joblib.delayed(_joblib_tasks.blas_threads)(i) for i in range(4)
+        )
+    assert all(count <= expected for found in counts for count in found), counts
+
+
+def test_the_initializer_s_state_reaches_every_batch() -> None:
+    with config("stalwart", initializer=_joblib_tasks.load_model, initargs=("tiny",)):
+        names = joblib.Parallel()(
+            joblib.delayed(_joblib_tasks.model_name)(i) for i in range(10)
+        )
+    assert all(name.startswith("model tiny in ") for name in names), names
+
+
+def test_an_unknown_option_is_refused_with_the_ones_it_takes() -> None:
+    with pytest.raises(TypeError, match="retries"):
+        with config("stalwart", retry=1):
+            joblib.Parallel()(joblib.delayed(abs)(-1) for _ in range(2))
+
+
+@pytest.mark.parametrize("first", ["stalwart", "joblib"])
+def test_the_backend_is_known_whichever_is_imported_first(first: str) -> None:
+    second = "joblib" if first == "stalwart" else "stalwart"
+    code = textwrap.dedent(
+        f"""
+        import {first}, {second}
+        with joblib.parallel_config(backend="stalwart", n_jobs=2):
+            print(sum(joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(5))))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "10"
