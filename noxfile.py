@@ -36,7 +36,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """The tour: each feature working for real (examples/tour.py)."""
-    session.install(".[progress,dask]", "numpy")  # numpy: the large-data section
+    # numpy: the large-data section; scikit-learn: the joblib backend's
+    session.install(".[progress,dask,joblib]", "numpy", "scikit-learn")
     session.run("python", "examples/tour.py")
 
 

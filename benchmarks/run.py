@@ -38,6 +38,7 @@ ORDER = (
     "bench_crash",
     "bench_large_args",
     "bench_large_data",
+    "bench_joblib",
     "bench_map",
     "bench_map_memory",
     "bench_thread",

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tour_tasks import (
+    DiesOnceLogistic,
     Model,
     Validator,
     crunch,
@@ -318,6 +319,40 @@ def large_data() -> None:
         )
 
 
+def joblib_and_scikit_learn() -> None:
+    section("13. scikit-learn's n_jobs= on stalwart: joblib backend 'stalwart'")
+    try:
+        import joblib
+        from sklearn.datasets import make_classification
+        from sklearn.model_selection import GridSearchCV
+    except ImportError:
+        print("  (needs scikit-learn: pip install scikit-learn)")
+        return
+    import tempfile
+
+    X, y = make_classification(n_samples=400, n_features=10, random_state=0)
+    grid = {"C": [0.1, 1.0, 10.0]}
+    with tempfile.TemporaryDirectory() as scratch:
+        for backend, options in (("loky", {}), ("stalwart", {"retries": 1})):
+            marker = os.path.join(scratch, backend)
+            search = GridSearchCV(DiesOnceLogistic(marker=marker), grid, cv=3)
+            started = time.perf_counter()
+            try:
+                with joblib.parallel_config(backend=backend, n_jobs=2, **options):
+                    search.fit(X, y)
+                outcome = f"best C = {search.best_params_['C']}, all 9 fits done"
+            except Exception as error:  # noqa: BLE001 - shown, that is the point
+                outcome = f"the whole search failed: {type(error).__name__}"
+            print(
+                f"  {backend:8} {options or ''}: one fit's worker SIGKILLed -> "
+                f"{outcome} ({time.perf_counter() - started:.1f} s)"
+            )
+        from joblib.externals.loky import reusable_executor
+
+        if reusable_executor._executor is not None:  # end loky's warm workers
+            reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+
+
 def main() -> None:
     print(
         f"stalwart tour on Python {sys.version.split()[0]}, pid {os.getpid()}, "
@@ -335,6 +370,7 @@ def main() -> None:
     on_a_cluster()
     cancel_is_exact()
     large_data()
+    joblib_and_scikit_learn()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")
 
 

@@ -103,3 +103,25 @@ def ones(n: int) -> Any:
     import numpy as np
 
     return np.ones(n)
+
+
+try:
+    from sklearn.linear_model import LogisticRegression
+except ImportError:  # the tour's joblib section says so, and skips
+    LogisticRegression = object
+
+
+class DiesOnceLogistic(LogisticRegression):  # type: ignore[misc,valid-type]
+    """A scikit-learn LogisticRegression whose first fit, anywhere, SIGKILLs
+    its worker, as the OOM killer would; ``marker`` records that it happened."""
+
+    def __init__(self, marker: str = "", C: float = 1.0) -> None:
+        super().__init__(C=C, max_iter=300)
+        self.marker = marker
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        if self.marker and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os.kill(os.getpid(), 9)
+        return super().fit(X, y, sample_weight=sample_weight)

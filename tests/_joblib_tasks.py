@@ -30,6 +30,29 @@ class DiesOnceLogistic(LogisticRegression):  # type: ignore[misc]
         return super().fit(X, y, sample_weight=sample_weight)
 
 
+class OomOnceLogistic(LogisticRegression):  # type: ignore[misc]
+    """A LogisticRegression whose first fit moves its worker into the memory
+    cgroup ``cgroup`` and allocates past its limit: the kernel's OOM killer
+    ends the worker. ``marker`` makes every later fit run normally."""
+
+    def __init__(
+        self, cgroup: str = "", marker: str = "", C: float = 1.0, max_iter: int = 200
+    ) -> None:
+        super().__init__(C=C, max_iter=max_iter)
+        self.cgroup = cgroup
+        self.marker = marker
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        if self.marker and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+            hog = [bytearray(16 << 20) for _ in range(64)]  # 1 GiB, page by page
+            del hog
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
 class HangsLogistic(LogisticRegression):  # type: ignore[misc]
     """A LogisticRegression whose fit with ``C == hang_at`` starts a child
     process, adds its pid to ``pid_file``, then hangs."""
@@ -74,3 +97,7 @@ def model_name(_: object) -> str:
 
 def load_model(name: str) -> str:
     return f"model {name} in {os.getpid()}"
+
+
+def first_and_writeable(array: Any) -> tuple[float, bool]:
+    return float(array[0]), bool(array.flags.writeable)
