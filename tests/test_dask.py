@@ -205,41 +205,31 @@ def test_a_failing_initializer_fails_the_tasks_with_its_traceback() -> None:
     assert "no GPU found" in str(caught.value.__cause__)
 
 
-def test_a_cancelled_future_never_runs(
+def test_a_cancelled_future_is_done_and_its_result_never_delivered(
     dask_client: Any, tmp_path: Path, manager: Any
 ) -> None:
+    """DaskExecutor.cancel() is not exact (its documented limit): dask forwards
+    a cancel to its workers asynchronously, so a call cancelled just as a worker
+    frees up can still start there. What holds: cancel() succeeds on a queued
+    call, wait() counts it done at once, its result is never delivered, and
+    the other calls are untouched."""
     log, gate = str(tmp_path / "ran"), manager.Event()
     started = str(tmp_path / "started")
-    held_before = dask_client.run_on_scheduler(_keys_held)
     with stalwart.DaskExecutor(client=dask_client) as ex:
-        # Both workers busy, for sure: each blocking call is sent once the one
-        # before it runs, so dask places it on the idle worker. (Sent together,
-        # dask may queue both on one worker, leaving the other free to run the
-        # call below before its cancel() arrives.)
         busy = []
-        for i in range(2):
+        for i in range(2):  # one at a time: both workers surely run one
             busy.append(ex.submit(tasks.record_then_wait, started, gate, i))
             wait_until(lambda n=i + 1: len(tasks.ran(started)) == n, "a busy call")
         queued = ex.submit(tasks.record, log, 99)
         assert queued.cancel()
         _, not_done = cf.wait([queued], timeout=TIMEOUT)
         assert not not_done, "wait() never saw the cancelled future as done"
-        # dask forwards a cancel to its workers asynchronously: a call cancelled
-        # just as a worker frees up can still start there (a documented limit of
-        # DaskExecutor.cancel). Once the scheduler has dropped it, it never runs.
-        wait_until(
-            lambda: dask_client.run_on_scheduler(_keys_held) <= held_before + 2,
-            "the scheduler to drop the cancelled call",
-        )
         gate.set()
         assert [f.result(TIMEOUT) for f in busy] == [0, 1]
-    assert tasks.ran(log) == []
+    assert queued.cancelled()
+    with pytest.raises(cf.CancelledError):
+        queued.result(0)
     assert ex.stats().tasks_cancelled == 1
-
-
-def _keys_held(dask_scheduler: Any) -> int:
-    """How many tasks the scheduler holds (run on the scheduler)."""
-    return len(dask_scheduler.tasks)
 
 
 def test_shutdown_with_cancel_futures_cancels_the_queue(
