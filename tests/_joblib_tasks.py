@@ -101,3 +101,7 @@ def load_model(name: str) -> str:
 
 def first_and_writeable(array: Any) -> tuple[float, bool]:
     return float(array[0]), bool(array.flags.writeable)
+
+
+def write_first(array: Any) -> None:
+    array[0] = 1.0

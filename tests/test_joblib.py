@@ -215,6 +215,20 @@ def test_an_array_changed_between_calls_is_never_sent_stale() -> None:
     assert any(first < i for i, first in enumerate(loky_seen)), loky_seen
 
 
+def test_a_call_writing_to_a_large_array_is_told_why_it_is_read_only() -> None:
+    """Large arrays reach the calls read-only, as with loky's memmapping; the
+    error says so and what to do."""
+    numpy = pytest.importorskip("numpy")
+    with config("stalwart"), pytest.raises(ValueError, match="read-only") as info:
+        joblib.Parallel()(
+            joblib.delayed(_joblib_tasks.write_first)(numpy.zeros(2**18))
+            for _ in range(2)
+        )
+    text = "\n".join([str(info.value), *getattr(info.value, "__notes__", ())])
+    assert "joblib" in text
+    assert "copy" in text
+
+
 def test_workers_stay_warm_between_parallel_calls() -> None:
     """The second ``Parallel`` call runs on the workers the first one started."""
     with config("stalwart"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stalwart import _outofband, _pickling
+from stalwart import _outofband, _pickling, _shared
 
 np = pytest.importorskip("numpy")
 
@@ -35,6 +35,8 @@ def receive(packed: _outofband.Packed, *, private: bool = True) -> Any:
     segment = packed.segment
     if segment is not None:
         mappings.receive([segment.id], [], [os.dup(segment.fd)])
+    shared = packed.shared
+    mappings.receive([], [s.id for s in shared], [os.dup(s.fd) for s in shared])
     try:
         if _outofband.is_segment_frame(packed.data()):
             value, _ = mappings.load(packed.data(), private=private)
@@ -149,3 +151,52 @@ def test_descriptors_that_no_call_used_are_closed() -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(read_end)
     os.close(write_end)
+
+
+def test_inside_copying_once_a_buffer_sent_again_unchanged_is_copied_once() -> None:
+    """joblib's backend: the same X to every fit costs one copy per Parallel
+    call, and a changed X is copied again, never sent stale."""
+    array = np.arange(BIG // 8 * 2, dtype=np.float64)
+    copies = _shared.CopyOnce()
+    with _shared.copying_once(copies):
+        first = big(_pickling.pack_call(echo, (array,), {}))
+        again = big(_pickling.pack_call(echo, (array,), {}))
+        array[0] = -1.0
+        changed = big(_pickling.pack_call(echo, (array,), {}))
+    assert first.segment is None, "a reference only"
+    assert len(first.shared) == 1
+    assert again.shared == first.shared
+    assert changed.shared != first.shared
+    sent = receive(changed)[1][0]
+    assert sent[0] == -1.0
+    assert not sent.flags.writeable, "one copy for many tasks: read-only"
+    assert receive(first)[1][0][0] == 0.0
+    outside = big(_pickling.pack_call(echo, (array,), {}))
+    assert outside.shared == ()
+    assert outside.segment is not None
+
+
+def test_copying_once_keeps_a_copy_while_its_object_lives_and_no_longer() -> None:
+    copies = _shared.CopyOnce()
+    array = np.ones(BIG // 8 * 2)
+    with _shared.copying_once(copies):
+        packed = big(_pickling.pack_call(echo, (array,), {}))
+    segment_id = packed.shared[0].id
+    del packed
+    assert segment_id in _shared.alive_ids(), "kept for the next call passing it"
+    del array
+    assert segment_id not in _shared.alive_ids()
+
+
+@pytest.mark.parametrize("numpy_loaded", [True, False])
+def test_same_bytes_compares_every_byte(
+    numpy_loaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not numpy_loaded:
+        monkeypatch.setitem(__import__("sys").modules, "numpy", None)
+    data = bytearray(range(256)) * 4096
+    same = bytes(data)
+    assert _shared.same_bytes(memoryview(data), memoryview(same))
+    data[-1] ^= 1
+    assert not _shared.same_bytes(memoryview(data), memoryview(same))
+    assert not _shared.same_bytes(memoryview(same), memoryview(same)[:-1])

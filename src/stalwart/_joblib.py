@@ -28,8 +28,6 @@ several into one.
 from __future__ import annotations
 
 import os
-import sys
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from joblib._parallel_backends import (
@@ -39,7 +37,7 @@ from joblib._parallel_backends import (
     SequentialBackend,
 )
 
-from stalwart import _outofband, _pickling, _process, _shared
+from stalwart import _pickling, _process, _shared
 from stalwart._options import usable_cpu_count
 
 if TYPE_CHECKING:
@@ -105,7 +103,7 @@ class StalwartBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             **_checked(options),
         )
         self._executor: _process.ProcessPoolExecutor | None = None
-        self._arrays = SharedArrays()
+        self._arrays = _shared.CopyOnce()
         self.parallel: Any = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -161,7 +159,11 @@ class StalwartBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         executor = self._executor
         if executor is None:
             raise RuntimeError("the 'stalwart' joblib backend is not configured")
-        future = executor.submit(Batch(self._arrays.share_in(func)))
+        # scikit-learn passes the same X to every fit: copied once per
+        # Parallel call (checked unchanged each time), as loky's backend
+        # memmaps it once.
+        with _shared.copying_once(self._arrays):
+            future = executor.submit(Batch(func))
         if callback is not None:
             future.add_done_callback(callback)
         return future
@@ -176,7 +178,7 @@ class StalwartBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-        self._arrays = SharedArrays()
+        self._arrays = _shared.CopyOnce()
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -187,79 +189,6 @@ class StalwartBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             executor.kill_workers()
         if ensure_ready and self.parallel is not None:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
-
-
-class SharedArrays:
-    """The large NumPy arguments of one ``Parallel`` call, each copied once.
-
-    scikit-learn passes the same ``X`` to every fit. Each call would copy it
-    into shared memory (its snapshot); loky's backend instead dumps it once per
-    ``Parallel`` call, keyed by identity, and then sends data that may have
-    changed since. Here the first batch to pass an array makes a
-    ``stalwart.shared()`` copy of it, and a later batch passing the same array
-    sends that copy only after checking, byte for byte, that the array has not
-    changed (half the cost of copying it again); a changed array is copied
-    again, never sent stale. Batches get read-only arrays, as loky's
-    memmapping gives them.
-    """
-
-    def __init__(self) -> None:
-        # id(array) -> (weak reference to it, its shared copy)
-        self._copies: dict[int, tuple[weakref.ref[Any], Any]] = {}
-
-    def share_in(self, calls: Any) -> Any:
-        """``calls`` (joblib's ``BatchedCalls``) with large arrays swapped
-        for shared copies, in place; anything else as it is."""
-        items = getattr(calls, "items", None)
-        numpy = sys.modules.get("numpy")
-        if not items or numpy is None:
-            return calls
-        calls.items = [
-            (
-                fn,
-                tuple(self._shared(numpy, arg) for arg in args),
-                {name: self._shared(numpy, arg) for name, arg in kwargs.items()},
-            )
-            for fn, args, kwargs in items
-        ]
-        return calls
-
-    def _shared(self, numpy: Any, value: Any) -> Any:
-        if (
-            type(value) is not numpy.ndarray
-            or value.nbytes < _outofband.OUT_OF_BAND_BYTES
-            or value.dtype.hasobject
-            or not (value.flags.c_contiguous or value.flags.f_contiguous)
-        ):
-            return value
-        entry = self._copies.get(id(value))
-        if entry is not None:
-            original, copy = entry
-            if original() is value and _same_bytes(numpy, value, copy):
-                return copy
-        copy = _shared.shared(value)
-        self._copies[id(value)] = (weakref.ref(value), copy)
-        return copy
-
-
-def _same_bytes(numpy: Any, value: Any, copy: Any) -> bool:
-    """Whether ``value`` still holds exactly the bytes of its ``copy``."""
-    return bool(
-        value.dtype == copy.dtype
-        and value.shape == copy.shape
-        and value.strides == copy.strides
-        and numpy.array_equal(_as_words(numpy, value), _as_words(numpy, copy))
-    )
-
-
-def _as_words(numpy: Any, array: Any) -> Any:
-    """A contiguous array's memory as the widest unsigned integers that tile
-    it: compared bit for bit (NaNs included), eight bytes at a time."""
-    raw = array.ravel(order="K").view(numpy.uint8)
-    for width in (8, 4, 2):
-        if raw.nbytes % width == 0:
-            return raw.view(f"u{width}")
-    return raw
 
 
 class Batch:

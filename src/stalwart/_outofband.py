@@ -234,7 +234,7 @@ class Buffers:
         if self.shared_ok:
             from stalwart import _shared
 
-            ref = _shared.lookup(view)
+            ref = _shared.lookup(view) or _shared.copy_once_ref(view)
         self.found.append(buffer if ref is None else ref)
         return False
 

@@ -18,10 +18,13 @@ ordinary argument.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import ctypes
 import fcntl
 import mmap
 import os
 import pickle
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from stalwart import _outofband, _pickling
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 T = TypeVar("T")
 
@@ -40,8 +43,10 @@ _SEALS = (
 )
 
 READ_ONLY_HINT = (
-    "stalwart: this array came from stalwart.shared(), whose data every task "
-    "shares read-only; copy it first (arr.copy()) to change it in a task"
+    "stalwart: this array's data is shared read-only by every task (it came "
+    "from stalwart.shared(), or through the joblib backend, which sends a large "
+    "array once per Parallel call); copy it first (arr.copy()) to change it "
+    "in a task"
 )
 
 
@@ -94,27 +99,32 @@ def shared(obj: T) -> T:
     buffers = [b for b in found.found if isinstance(b, pickle.PickleBuffer)]
     if not buffers:
         return pickle.loads(stream)  # type: ignore[no-any-return]
-    views = [buffer.raw() for buffer in buffers]
-    size = sum(_outofband.aligned(view.nbytes) for view in views)
-    fd = _outofband.memory_file(size, "stalwart-shared", sealable=True)
-    segment = SharedSegment(fd, size)
-    offsets = []
-    offset = 0
-    for view in views:
-        offsets.append(offset)
-        _outofband.write_at(fd, (view,), offset)
-        offset += _outofband.aligned(view.nbytes)
-    if _SEALS:
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-    mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-    refs = [
-        SharedRef(segment, start, view.nbytes)
-        for start, view in zip(offsets, views, strict=True)
-    ]
-    parts = [memoryview(mapping)[ref.offset : ref.offset + ref.size] for ref in refs]
+    refs, parts = _sealed_copy([buffer.raw() for buffer in buffers])
     copy = pickle.loads(stream, buffers=parts)
     _register(copy, refs)
     return copy  # type: ignore[no-any-return]
+
+
+def _sealed_copy(
+    views: list[memoryview],
+) -> tuple[list[SharedRef], list[memoryview]]:
+    """Copy ``views`` into one new sealed file: where each lies in it, and a
+    read-only view of each copy (the file stays open while its refs live)."""
+    size = sum(_outofband.aligned(view.nbytes) for view in views)
+    fd = _outofband.memory_file(size, "stalwart-shared", sealable=True)
+    segment = SharedSegment(fd, size)
+    refs = []
+    offset = 0
+    for view in views:
+        _outofband.write_at(fd, (view,), offset)
+        refs.append(SharedRef(segment, offset, view.nbytes))
+        offset += _outofband.aligned(view.nbytes)
+    if _SEALS:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    mapping = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_READ))
+    with _lock:
+        _alive[segment.id] = segment
+    return refs, [mapping[ref.offset : ref.offset + ref.size] for ref in refs]
 
 
 def _register(copy: object, refs: list[SharedRef]) -> None:
@@ -124,7 +134,6 @@ def _register(copy: object, refs: list[SharedRef]) -> None:
     finder = _Exporters()
     _pickling.dumps(copy, buffer_callback=finder)
     with _lock:
-        _alive[refs[0].segment.id] = refs[0].segment
         for exporter, ref in zip(finder.found, refs, strict=False):
             key = id(exporter)
             try:
@@ -164,6 +173,94 @@ def lookup(view: memoryview) -> SharedRef | None:
         return None
     ref = entry[1]
     return ref if ref.size == view.nbytes else None
+
+
+class CopyOnce:
+    """Large buffers passed again and again, copied once: what joblib's
+    backend needs, since scikit-learn passes the same ``X`` to every fit.
+
+    Active while ``copying_once(this)`` is: a large buffer being pickled for a
+    call is copied into a sealed file the first time its object is seen, and
+    later calls passing the same object send a reference to that copy, after
+    checking byte for byte that the object has not changed since (a memcmp, a
+    fraction of a copy's cost). A changed buffer is copied again, never sent
+    stale. Tasks see the copies read-only, as loky's memmapping gives them.
+    The files live as long as this object.
+    """
+
+    def __init__(self) -> None:
+        # id(buffer exporter) -> (weak reference to it, its copy's place, a view of it)
+        self._copies: dict[int, tuple[weakref.ref[Any], SharedRef, memoryview]] = {}
+
+    def ref_for(self, view: memoryview) -> SharedRef:
+        """Where a copy of ``view``'s bytes, as they are now, lies."""
+        exporter = view.obj
+        entry = self._copies.get(id(exporter))
+        if entry is not None:
+            original, ref, copy = entry
+            if original() is exporter and same_bytes(view, copy):
+                return ref
+        (ref,), (copy,) = _sealed_copy([view])
+        key = id(exporter)
+        try:
+            original = weakref.ref(exporter, self._forget(key))
+        except TypeError:  # cannot be weakly referenced: copied every time
+            return ref
+        self._copies[key] = (original, ref, copy)
+        return ref
+
+    def _forget(self, key: int) -> Callable[[weakref.ref[Any]], None]:
+        """The object is gone, so is the use of its copy (unless the key has a
+        new owner already)."""
+        copies = weakref.ref(self)
+
+        def forget(dead: weakref.ref[Any]) -> None:
+            owner = copies()
+            if owner is not None:
+                entry = owner._copies.get(key)
+                if entry is not None and entry[0] is dead:
+                    del owner._copies[key]
+
+        return forget
+
+
+_copy_once: contextvars.ContextVar[CopyOnce | None] = contextvars.ContextVar(
+    "stalwart_copy_once", default=None
+)
+
+
+@contextlib.contextmanager
+def copying_once(copies: CopyOnce) -> Iterator[None]:
+    """Within this block, calls pickled here copy large buffers through ``copies``."""
+    token = _copy_once.set(copies)
+    try:
+        yield
+    finally:
+        _copy_once.reset(token)
+
+
+def copy_once_ref(view: memoryview) -> SharedRef | None:
+    """A large buffer being pickled for a call: its copy's place, inside
+    ``copying_once``; else None (the call gets a copy of its own)."""
+    copies = _copy_once.get()
+    return None if copies is None else copies.ref_for(view)
+
+
+def same_bytes(a: memoryview, b: memoryview) -> bool:
+    """Whether two buffers hold the same bytes: libc's memcmp where their
+    addresses can be had (NumPy), which runs at memory speed without the GIL."""
+    if a.nbytes != b.nbytes:
+        return False
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return a == b
+    first, second = (numpy.frombuffer(v, numpy.uint8).ctypes.data for v in (a, b))
+    return int(_memcmp(first, second, a.nbytes)) == 0
+
+
+_memcmp = ctypes.CDLL(None).memcmp
+_memcmp.restype = ctypes.c_int
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def alive_ids() -> set[int]:
