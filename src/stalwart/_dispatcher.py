@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from stalwart import (
     _claims,
     _forking,
+    _forwarding,
     _outcomes,
     _parking,
     _reuse,
@@ -346,7 +347,11 @@ class Dispatcher:
         if start is None:
             start = _startup.plan(self.context)
         claims = _claims.ClaimTable(start.context)
-        config = dataclasses.replace(self.worker_config, claims=claims)
+        config = dataclasses.replace(
+            self.worker_config,
+            claims=claims,
+            log_levels=_forwarding.parent_log_levels(),
+        )
         parent_end, child_end = start.context.Pipe(duplex=True)
         try:
             process = start.start(child_end, config)

@@ -133,6 +133,15 @@ class Endings:
         head = slot.in_flight[0] if slot.in_flight else None
         if was is WorkerState.STOPPING and head is None:
             pass  # retired on purpose: not replaced
+        elif slot.over_memory is not None and exitcode == 0:
+            self.ledger.stats.workers_over_memory += 1
+            self.deaths_to_replace += 1
+            logger.info(
+                "worker %s left after a task with %.1f MiB resident, past "
+                "max_memory_per_child; replacing it",
+                slot.pid,
+                slot.over_memory / 2**20,
+            )
         elif slot.tasks_left == 0 and exitcode == 0 and head is None:
             self.ledger.stats.workers_recycled += 1
         else:

@@ -115,6 +115,31 @@ def check_max_tasks_per_child(max_tasks_per_child: object) -> None:
         )
 
 
+def check_output_options(forward_output: object, prefix_output: object) -> None:
+    for name, value in (
+        ("forward_output", forward_output),
+        ("prefix_output", prefix_output),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def resolve_max_memory(max_memory_per_child: object) -> int | None:
+    """``max_memory_per_child`` in bytes (it may be a string such as "2GiB")."""
+    if max_memory_per_child is None:
+        return None
+    from stalwart import _memory
+
+    if isinstance(max_memory_per_child, bool) or not isinstance(
+        max_memory_per_child, int | str
+    ):
+        raise TypeError(
+            "max_memory_per_child must be None, a number of bytes, or a size "
+            f"such as '2GiB', got {type(max_memory_per_child).__name__}"
+        )
+    return _memory.parse_size(max_memory_per_child)
+
+
 def check_retries(retries: object) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")

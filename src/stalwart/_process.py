@@ -130,6 +130,21 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         check_pickle: accepted so that every executor takes the same keywords;
             a process pool always pickles the call in ``submit()``, so the check
             is always on here (``ThreadPoolExecutor`` makes it optional).
+        forward_output: what tasks (and the initializer) print to
+            ``sys.stdout`` / ``sys.stderr`` appears on the parent's current
+            ``sys.stdout`` / ``sys.stderr``, line by line, and what they log is
+            handled by the parent's ``logging`` handlers (the record carries
+            the worker's pid in ``process`` and ``worker_pid``, and the call in
+            ``stalwart_task``). ``False``: prints go to the file descriptors
+            the worker inherited, and logging is left as the worker has it.
+            Output written to file descriptors 1 and 2 directly (C
+            extensions, subprocesses) is never forwarded.
+        prefix_output: start each forwarded line with ``[worker <pid>] ``.
+        max_memory_per_child: bytes, or a size such as ``"2GiB"`` or
+            ``"300MB"``: a worker whose resident memory is above it after a
+            task exits and is replaced (initializer re-run), counted in
+            ``stats().workers_over_memory``. Checked between tasks, so a single
+            task can still go past it.
     """
 
     def __init__(
@@ -145,6 +160,9 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         reuse: bool = False,
         idle_timeout: float | None = None,
         check_pickle: bool = True,
+        forward_output: bool = True,
+        prefix_output: bool = False,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         _refuse_while_bootstrapping()
         settings = PoolSettings.resolve(
@@ -157,6 +175,9 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             retries=retries,
             reuse=reuse,
             idle_timeout=idle_timeout,
+            forward_output=forward_output,
+            prefix_output=prefix_output,
+            max_memory_per_child=max_memory_per_child,
         )
         self._open(settings)
 
@@ -178,6 +199,7 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
         self._dispatcher = dispatcher = Dispatcher(
             inbox, settings.context, settings.config, settings.retries, settings.reuse
         )
+        dispatcher.replies.prefix_output = settings.prefix_output
         warm = []
         if settings.reuse is not None:
             warm = _reuse.PROCESSES.adopt(settings.reuse.key, settings.max_workers)

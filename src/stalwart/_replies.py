@@ -13,7 +13,7 @@ import pickle
 import time
 from typing import TYPE_CHECKING
 
-from stalwart import _outcomes, _outofband, _scheduler, _wire
+from stalwart import _forwarding, _outcomes, _outofband, _scheduler, _wire
 from stalwart._slot import WorkerState
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class Replies:
         self.inbox = inbox
         self.avg_busy_s: float | None = None  # what the scheduler sizes batches by
         self.consecutive_start_failures = 0  # reset by each READY
+        self.prefix_output = False  # "[worker 123] " before each line a task prints
 
     def on_frame(
         self, slot: WorkerSlot, frame: bytes | bytearray | _wire.Unreadable
@@ -59,10 +60,26 @@ class Replies:
             self._on_answer(slot, reply)
         elif isinstance(reply, _wire.Received):
             self._on_received(slot, reply.last_seq)
+        elif isinstance(reply, _wire.Output):
+            if self.prefix_output:
+                stream = reply.stream
+                slot.mid_line[stream] = _forwarding.deliver_output(
+                    stream,
+                    reply.text,
+                    f"[worker {slot.pid}] ",
+                    slot.mid_line.get(stream, False),
+                )
+            else:
+                _forwarding.deliver_output(reply.stream, reply.text)
+        elif isinstance(reply, _wire.Log):
+            _forwarding.deliver_record(reply.fields, slot.pid)
         elif isinstance(reply, _wire.Ready):
             if slot.state is WorkerState.STARTING:
                 slot.move(WorkerState.RUNNING)
             self.consecutive_start_failures = 0
+        elif isinstance(reply, _wire.OverMemory):
+            slot.over_memory = reply.rss_bytes
+            slot.tasks_left = 0  # it exits: send it nothing more
         else:
             slot.init_failure = (reply.summary, reply.remote_traceback)
 

@@ -56,6 +56,7 @@ class PoolSettings:
     retries: int
     task_timeout: float | None
     reuse: _reuse.ReusePolicy | None
+    prefix_output: bool = False
 
     @classmethod
     def resolve(
@@ -70,9 +71,14 @@ class PoolSettings:
         retries: int = 0,
         reuse: bool = False,
         idle_timeout: float | None = None,
+        forward_output: bool = True,
+        prefix_output: bool = False,
+        max_memory_per_child: int | str | None = None,
     ) -> PoolSettings:
         """Check every argument (raising as the constructor documents)."""
         workers = _options.resolve_max_workers(max_workers)
+        _options.check_output_options(forward_output, prefix_output)
+        max_memory = _options.resolve_max_memory(max_memory_per_child)
         context = _options.resolve_context(mp_context)
         _options.check_initializer(initializer, initargs)
         _options.check_max_tasks_per_child(max_tasks_per_child)
@@ -99,12 +105,18 @@ class PoolSettings:
                 inherited = (initializer, initargs)
         main_path = None if by_value else _main_script_path()
         config = WorkerConfig(
-            initializer_call, max_tasks_per_child, by_value, main_path, inherited
+            initializer_call,
+            max_tasks_per_child,
+            by_value,
+            main_path,
+            inherited,
+            forward_output=forward_output,
+            max_memory=max_memory,
         )
         policy = None
         if parked_for_s is not None:
             policy = _reuse_policy(context, config, parked_for_s)
-        return cls(workers, context, config, retries, timeout, policy)
+        return cls(workers, context, config, retries, timeout, policy, prefix_output)
 
     def signature(self) -> tuple[Any, ...]:
         """Equal for settings that make equal executors (reuse=True only)."""
@@ -115,6 +127,7 @@ class PoolSettings:
             self.reuse.idle_timeout,
             self.retries,
             self.task_timeout,
+            self.prefix_output,
         )
 
 
@@ -133,6 +146,8 @@ def _reuse_policy(
         config.max_tasks,
         config.by_value,
         config.main_path,
+        config.forward_output,
+        config.max_memory,
         _reuse.environment_fingerprint(),
     )
     return _reuse.ReusePolicy(key, idle_timeout, keepalive)

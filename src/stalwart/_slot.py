@@ -153,6 +153,8 @@ class WorkerSlot:
         self.idle_since = time.monotonic()
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
+        self.over_memory: int | None = None  # its RSS, when it left for max_memory
+        self.mid_line: dict[int, bool] = {}  # its output stream ended mid-line
 
     def move(self, state: WorkerState) -> None:
         if state not in _LEGAL_MOVES[self.state]:

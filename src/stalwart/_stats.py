@@ -41,6 +41,8 @@ class ExecutorStats:
         workers_replaced: workers started to take the place of one that died, was
             killed (``task_timeout``) or, for threads, was abandoned.
         workers_recycled: workers that exited after ``max_tasks_per_child`` tasks.
+        workers_over_memory: workers replaced because their resident memory was
+            past ``max_memory_per_child`` after a task.
         workers_parked: idle workers handed to the warm set at shutdown
             (``reuse=True``), for the next executor with the same settings.
     """
@@ -57,6 +59,7 @@ class ExecutorStats:
     workers_reused: int = 0
     workers_replaced: int = 0
     workers_recycled: int = 0
+    workers_over_memory: int = 0
     workers_parked: int = 0
 
     def count_failure(self, error: BaseException) -> None:

@@ -441,6 +441,9 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         idle_timeout: seconds a parked thread waits to be adopted before it
             exits (default 60); no effect without ``reuse=True``.
         check_pickle: pre-check every call's picklability in ``submit()``.
+        forward_output, prefix_output, max_memory_per_child: accepted and
+            validated, with no effect on threads: their prints and log records
+            are this process's own already, and they share its memory.
     """
 
     def __init__(
@@ -457,6 +460,9 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         reuse: bool = False,
         idle_timeout: float | None = None,
         check_pickle: bool = False,
+        forward_output: bool = True,
+        prefix_output: bool = False,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         # The stdlib's __init__ is deliberately not called: it builds the work
         # queue and thread bookkeeping that _Pool replaces. The private attributes
@@ -470,6 +476,10 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         _options.check_max_tasks_per_child(max_tasks_per_child)
         _options.check_retries(retries)
         _options.resolve_context(mp_context)
+        # Accepted and checked so that the one-word swap keeps working: threads
+        # print to this process's own streams, and share its memory.
+        _options.check_output_options(forward_output, prefix_output)
+        _options.resolve_max_memory(max_memory_per_child)
         if not isinstance(check_pickle, bool):
             raise TypeError(f"check_pickle must be True or False, got {check_pickle!r}")
         self._task_timeout = _options.check_task_timeout(task_timeout)

@@ -35,6 +35,7 @@ import collections
 import os
 import socket
 import struct
+import threading
 from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,6 +53,9 @@ RESULT_BYTES = (
 ERROR = 3  # (ERROR, task_id, exception, remote_traceback_text, busy_s)
 INIT_FAILED = 4  # (INIT_FAILED, summary, remote_traceback_text)
 RECEIVED = 5  # (RECEIVED, last_seq): a batch arrived; the worker has read it
+OUTPUT = 6  # (OUTPUT, stream, text): lines a task printed (_forwarding)
+LOG = 7  # (LOG, record_fields): a record a task logged (_forwarding)
+OVER_MEMORY = 8  # (OVER_MEMORY, rss_bytes): past max_memory_per_child; exiting
 
 STOP = b""
 
@@ -157,7 +161,26 @@ class InitFailed(NamedTuple):
     remote_traceback: str
 
 
-Reply = Answer | Received | Ready | InitFailed
+class Output(NamedTuple):
+    """Lines a task wrote to ``sys.stdout`` (1) or ``sys.stderr`` (2)."""
+
+    stream: int
+    text: str
+
+
+class Log(NamedTuple):
+    """A record a task logged, as ``_forwarding.record_as_dict`` made it."""
+
+    fields: dict[str, Any]
+
+
+class OverMemory(NamedTuple):
+    """The worker is past ``max_memory_per_child`` after a task: it exits."""
+
+    rss_bytes: int
+
+
+Reply = Answer | Received | Ready | InitFailed | Output | Log | OverMemory
 
 
 _ANSWERS = frozenset({RESULT, RESULT_BYTES, ERROR})
@@ -175,6 +198,12 @@ def decode_reply(reply: object) -> Reply:
             return Answer(task_id, busy_s, reply)
     elif kind == RECEIVED and len(reply) == 2 and isinstance(reply[1], int):
         return Received(reply[1])
+    elif kind == OUTPUT and len(reply) == 3 and isinstance(reply[2], str):
+        return Output(reply[1], reply[2])
+    elif kind == LOG and len(reply) == 2 and isinstance(reply[1], dict):
+        return Log(reply[1])
+    elif kind == OVER_MEMORY and len(reply) == 2 and isinstance(reply[1], int):
+        return OverMemory(reply[1])
     elif kind == READY:
         return Ready()
     elif kind == INIT_FAILED and len(reply) == 3:
@@ -397,6 +426,7 @@ class BlockingFrames:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
         self.sock.settimeout(None)  # blocking, whatever the default timeout says
         self._fds: list[int] = []
+        self._sending = threading.Lock()
 
     def receive(self) -> tuple[bytearray, list[int]]:
         """The next frame and the descriptors that came with it. Raises
@@ -425,18 +455,21 @@ class BlockingFrames:
         return buffer
 
     def send(self, parts: list[bytes], fds: list[int] | None = None) -> None:
-        """Send one frame made of ``parts``, ``fds`` attached to its first byte."""
+        """Send one frame made of ``parts``, ``fds`` attached to its first byte.
+        Thread-safe: a task's threads may print while the worker answers."""
         if not fds and len(parts) == 1 and len(parts[0]) < _SMALL_FRAME:
-            self.sock.sendall(frame_header(len(parts[0])) + parts[0])  # one write
+            with self._sending:
+                self.sock.sendall(frame_header(len(parts[0])) + parts[0])  # one write
             return
         size = sum(len(part) for part in parts)
         pieces = [memoryview(frame_header(size))]
         pieces += [memoryview(part) for part in parts if part]
         ancillary = _outofband.rights(fds) if fds else []
-        while pieces:
-            sent = self.sock.sendmsg(pieces, ancillary)
-            ancillary = []  # sent with the first byte
-            _outofband.consume(pieces, sent)
+        with self._sending:
+            while pieces:
+                sent = self.sock.sendmsg(pieces, ancillary)
+                ancillary = []  # sent with the first byte
+                _outofband.consume(pieces, sent)
 
     def close(self) -> None:
         _outofband.close_all(self._fds)

@@ -30,10 +30,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stalwart import _outofband, _pickling, _shared, _state, _wire
+from stalwart import _forwarding, _outofband, _pickling, _shared, _state, _wire
 from stalwart.errors import RemoteError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
 
     from stalwart._claims import ClaimTable
@@ -61,6 +62,12 @@ class WorkerConfig:
     # This worker's claim table (``_claims``), shared with the parent: the
     # parent sets it per worker, just before starting the process.
     claims: ClaimTable | None = None
+    # Prints and log records go to the parent (_forwarding), logging starting
+    # at the parent's levels; False leaves sys.stdout and logging as inherited.
+    forward_output: bool = True
+    log_levels: tuple[tuple[str, int], ...] = ()
+    # max_memory_per_child, in bytes: past it after a task, the worker exits.
+    max_memory: int | None = None
 
 
 def run_worker(conn: Connection, config: WorkerConfig) -> None:
@@ -70,11 +77,36 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _enable_faulthandler()
     _start_parent_watchdog()
+    frames = _wire.BlockingFrames(conn.fileno())
+    if config.forward_output:
+        _forwarding.install(
+            _output_sender(frames), _record_sender(frames), config.log_levels
+        )
+    else:
+        _forwarding.use_inherited_descriptors()
     _import_main_script(config.main_path)
-    if not _run_initializer(conn, config):
+    if not _run_initializer(frames, config):
         return
-    conn.send_bytes(pickle.dumps((_wire.READY, os.getpid()), _HIGHEST))
-    _serve(_wire.BlockingFrames(conn.fileno()), config, _Environment())
+    frames.send([pickle.dumps((_wire.READY, os.getpid()), _HIGHEST)])
+    _serve(frames, config, _Environment())
+
+
+def _output_sender(frames: _wire.BlockingFrames) -> Callable[[int, str], None]:
+    def send(stream: int, text: str) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to show
+            frames.send([pickle.dumps((_wire.OUTPUT, stream, text), _HIGHEST)])
+
+    return send
+
+
+def _record_sender(
+    frames: _wire.BlockingFrames,
+) -> Callable[[dict[str, Any]], None]:
+    def send(fields: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            frames.send([pickle.dumps((_wire.LOG, fields), _HIGHEST)])
+
+    return send
 
 
 def _enable_faulthandler() -> None:
@@ -113,7 +145,7 @@ def _import_main_script(main_path: str | None) -> None:
         del current._inheriting  # type: ignore[attr-defined]
 
 
-def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
+def _run_initializer(frames: _wire.BlockingFrames, config: WorkerConfig) -> bool:
     state = None
     if config.initializer_call is not None or config.inherited_initializer:
         try:
@@ -124,8 +156,10 @@ def _run_initializer(conn: Connection, config: WorkerConfig) -> bool:
             state = initializer(*initargs)
         except BaseException as exc:  # noqa: BLE001 - logged, and sent to the parent
             reply = (_wire.INIT_FAILED, *initializer_failure(exc))
-            conn.send_bytes(pickle.dumps(reply, _HIGHEST))
+            _forwarding.flush_partial_lines()
+            frames.send([pickle.dumps(reply, _HIGHEST)])
             return False
+    _forwarding.flush_partial_lines()
     _state.set_process_worker_state(state)
     return True
 
@@ -194,6 +228,14 @@ def _serve(
                 return
             if tasks_left is not None:
                 tasks_left -= 1
+            if config.max_memory is not None:
+                from stalwart import _memory
+
+                rss = _memory.own_resident_bytes()
+                if rss > config.max_memory:
+                    # Replaced: the calls of this batch not started go elsewhere.
+                    _send(frames, pickle.dumps((_wire.OVER_MEMORY, rss), _HIGHEST))
+                    return
         del batch, frame, call  # the calls' memory goes before the next batch's
         mappings.close_unused()  # the files of calls that were taken back
         if tasks_left is not None and tasks_left <= 0:
@@ -248,14 +290,17 @@ def run_call(
         )
         error.__cause__ = exc
         return error_reply(task_id, error, time.perf_counter() - started)
+    _forwarding.task_started(fn, args, kwargs)
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - whatever a task raises is its result
         _exit_if_forked_child(forks)
+        _forwarding.task_ended()
         if read_only_data:
             _explain_read_only(exc)
         return error_reply(task_id, exc, time.perf_counter() - started)
     _exit_if_forked_child(forks)
+    _forwarding.task_ended()
     del args, kwargs  # a large argument's mapping goes before the reply is built
     out_of_band = mappings is not None
     if not by_value:
