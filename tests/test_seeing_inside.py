@@ -251,3 +251,22 @@ def test_the_thread_pool_s_prints_are_the_parents_own() -> None:
         with stalwart.ThreadPoolExecutor(2, prefix_output=True) as ex:
             ex.submit(tasks.print_lines, 1).result(timeout=TIMEOUT)
     assert out.getvalue() == f"line 0 of {os.getpid()}\n"
+
+
+def test_a_dask_task_s_prints_and_records_reach_the_parent(collected: Collect) -> None:
+    """On dask, a task's thread is captured on its worker and its lines and
+    records come back with its answer; the worker's own output stays there."""
+    pytest.importorskip("distributed")
+    out = io.StringIO()
+    with stalwart.DaskExecutor(max_workers=1, prefix_output=True) as ex:
+        with contextlib.redirect_stdout(out):
+            pid = ex.submit(tasks.print_lines, 2).result(timeout=TIMEOUT)
+            assert ex.submit(tasks.log_at_levels, "d").result(timeout=TIMEOUT) == pid
+    assert out.getvalue() == (
+        f"[worker {pid}] line 0 of {pid}\n[worker {pid}] line 1 of {pid}\n"
+    )
+    # The dask worker's loggers keep their own levels: WARNING and up.
+    (record,) = collected.records
+    assert record.getMessage() == "warning d"
+    assert record.process == pid
+    assert "log_at_levels('d')" in record.stalwart_task  # type: ignore[attr-defined]

@@ -153,6 +153,7 @@ class TaskFuture(Future[Any]):
     """
 
     _sent_ahead: SentAhead | None = None
+    retries = 0  # times its call was run again because its worker died
 
     def cancel(self) -> bool:
         with self._condition:

@@ -48,7 +48,7 @@ from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stalwart import _map, _options, _pickling, _wire
+from stalwart import _forwarding, _map, _options, _pickling, _wire
 from stalwart._stats import ExecutorStats
 from stalwart.errors import TaskTimeoutError, WorkerCrashedError
 
@@ -171,6 +171,8 @@ class _Session:
         self.stats = stats
         self.name = f"stalwart-{uuid.uuid4().hex[:16]}"  # the plugin's, and the topic's
         self.run_task = _dask_worker.run_task
+        self.forward_output = True  # (DaskExecutor's keywords of that name)
+        self.prefix_output = False
 
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -233,7 +235,13 @@ class _Session:
         event loop thread takes it too)."""
         key = f"{_key_prefix(task)}-{uuid.uuid4().hex}"
         dask_future = self.client.submit(
-            self.run_task, task.call, self.name, task.timeout, key=key, pure=False
+            self.run_task,
+            task.call,
+            self.name,
+            task.timeout,
+            self.forward_output,
+            key=key,
+            pure=False,
         )
         with self.lock:
             task.key, task.dask_future = key, dask_future
@@ -316,8 +324,17 @@ class _Session:
                 ),
             )
 
-    def _settle_reply(self, task: _DaskTask, reply_bytes: bytes) -> None:
-        """The reply ``_worker.run_call`` made on the dask worker."""
+    def _settle_reply(
+        self,
+        task: _DaskTask,
+        reply_bytes: bytes | tuple[bytes, list[tuple[Any, ...]], int],
+    ) -> None:
+        """The reply ``_worker.run_call`` made on the dask worker, after what
+        the task printed and logged there (``_dask_worker.run_task``)."""
+        if isinstance(reply_bytes, tuple):
+            reply_bytes, events, pid = reply_bytes
+            prefix = f"[worker {pid}] " if self.prefix_output else None
+            _forwarding.deliver_events(events, prefix, pid)
         try:
             succeeded, value = _wire.outcome(pickle.loads(reply_bytes))
         except BaseException as exc:  # noqa: BLE001 - fails that task only
@@ -598,6 +615,14 @@ class DaskExecutor(_map.MapMixin, Executor):
             accepted and checked so that every executor takes the same keywords;
             no effect here: dask starts and recycles its workers itself, and the
             pickling check is always on.
+        forward_output: what a task prints to ``sys.stdout`` / ``sys.stderr``
+            and logs on its dask worker is shown here (the parent's current
+            streams, its logging handlers), when the task ends, as the process
+            pool's ``forward_output`` does. Only the task's own thread is
+            captured; the worker's other output stays the worker's.
+        prefix_output: start each forwarded line with ``[worker <pid>] ``.
+        max_memory_per_child: accepted and checked; no effect here: dask's
+            nanny restarts a worker past its ``memory_limit`` itself.
     """
 
     def __init__(
@@ -615,6 +640,9 @@ class DaskExecutor(_map.MapMixin, Executor):
         reuse: bool = False,
         idle_timeout: float | None = None,
         check_pickle: bool = True,
+        forward_output: bool = True,
+        prefix_output: bool = False,
+        max_memory_per_child: int | str | None = None,
     ) -> None:
         if address is not None and client is not None:
             raise ValueError(
@@ -634,6 +662,8 @@ class DaskExecutor(_map.MapMixin, Executor):
         _options.check_retries(retries)
         _options.resolve_context(mp_context)
         _options.check_reuse(reuse, idle_timeout)
+        _options.check_output_options(forward_output, prefix_output)
+        _options.resolve_max_memory(max_memory_per_child)
         self._task_timeout = _options.check_task_timeout(task_timeout)
         initializer_call = None
         if initializer is not None:
@@ -663,6 +693,7 @@ class DaskExecutor(_map.MapMixin, Executor):
         self._session = session = _Session(
             distributed, client, owns_client, cluster, initializer_call, retries, stats
         )
+        session.forward_output, session.prefix_output = forward_output, prefix_output
         self._finalizer = weakref.finalize(self, session.request_shutdown, False)
         self._finalizer.atexit = False
 

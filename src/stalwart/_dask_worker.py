@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from stalwart import _pickling, _state, _worker
+from stalwart import _forwarding, _pickling, _state, _worker
 from stalwart.errors import InitializerError
 
 if TYPE_CHECKING:
@@ -35,8 +35,12 @@ if TYPE_CHECKING:
 _UNSET = object()
 
 
-def run_task(call: bytes, plugin_name: str, timeout: float | None) -> bytes:
-    """A DaskExecutor task, on a dask worker: returns the pickled reply."""
+def run_task(
+    call: bytes, plugin_name: str, timeout: float | None, forward_output: bool = True
+) -> bytes | tuple[bytes, list[tuple[Any, ...]], int]:
+    """A DaskExecutor task, on a dask worker: returns the pickled reply; with
+    ``forward_output``, also what the task printed and logged, and this
+    worker's pid, if it did either (``_forwarding.captured``)."""
     plugin = get_worker().plugins.get(plugin_name)
     if not isinstance(plugin, ExecutorPlugin):
         error = BrokenProcessPool(
@@ -49,10 +53,13 @@ def run_task(call: bytes, plugin_name: str, timeout: float | None) -> bytes:
         state = plugin.worker_state()
     except InitializerError as error:
         return _worker.error_reply(0, error, 0.0)
-    with plugin.clock(timeout), _state.thread_worker_state(state):
+    with contextlib.ExitStack() as stack:
+        events = stack.enter_context(_forwarding.captured()) if forward_output else []
+        stack.enter_context(plugin.clock(timeout))
+        stack.enter_context(_state.thread_worker_state(state))
         reply = _worker.run_call(0, call, by_value=True)  # in band: dask's transport
     assert isinstance(reply, bytes)
-    return reply
+    return (reply, events, os.getpid()) if events else reply
 
 
 class ExecutorPlugin(WorkerPlugin):

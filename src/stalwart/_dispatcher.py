@@ -166,7 +166,7 @@ class Dispatcher:
                     self.replies.avg_busy_s = worker.avg_busy_s
                 slot.next_seq = worker.next_seq
                 slot.acked_seq = worker.next_seq - 1
-                self._add_slot(slot)
+                self._add_slot(slot, "adopted")
                 logger.debug("adopted warm worker %s", slot.pid)
             self.stats.workers_reused += len(parked)
             self.workers_wanted = len(self.slots)
@@ -365,17 +365,22 @@ class Dispatcher:
         slot = WorkerSlot(
             process, parent_end, claims, self.worker_config.max_tasks, self._taken_back
         )
-        self._add_slot(slot)
+        because = "start"
+        if endings.start_reasons:
+            because = endings.start_reasons.popleft()
+        self._add_slot(slot, because)
         self.stats.workers_started += 1
         if endings.deaths_to_replace:
             endings.deaths_to_replace -= 1
             self.stats.workers_replaced += 1
         logger.debug("started worker %s: %s", process.pid, start.how)
 
-    def _add_slot(self, slot: WorkerSlot) -> None:
+    def _add_slot(self, slot: WorkerSlot, because: str) -> None:
         assert self.pipes is not None
         self.slots.append(slot)
         self.pipes.watch(slot)
+        slot.figures.started_because = because
+        self.stats.workers.append(slot.figures)
 
     def _retire_surplus(self, pipes: Pipes) -> None:
         """After a resize (get_reusable_executor): idle workers beyond

@@ -19,6 +19,7 @@ Owned by the I/O thread; futures are resolved with no lock held.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import signal
@@ -69,6 +70,8 @@ class Endings:
         self.slots = slots  # the dispatcher's list: ended workers leave it here
         self.retries = retries
         self.deaths_to_replace = 0  # workers that died and were not replaced yet
+        # Why the next workers will start (stats()): what ended their forerunners.
+        self.start_reasons: collections.deque[str] = collections.deque()
 
     # -- task timeouts ---------------------------------------------------------------
 
@@ -131,11 +134,12 @@ class Endings:
         started = slot.claims.started()
         slot.move(WorkerState.EXITED)
         head = slot.in_flight[0] if slot.in_flight else None
+        stats = self.ledger.stats
         if was is WorkerState.STOPPING and head is None:
-            pass  # retired on purpose: not replaced
+            stats.worker_ended(slot.figures, "retired")  # on purpose: not replaced
         elif slot.over_memory is not None and exitcode == 0:
-            self.ledger.stats.workers_over_memory += 1
-            self.deaths_to_replace += 1
+            stats.workers_over_memory += 1
+            self._replace(slot, "max_memory_per_child")
             logger.info(
                 "worker %s left after a task with %.1f MiB resident, past "
                 "max_memory_per_child; replacing it",
@@ -143,9 +147,19 @@ class Endings:
                 slot.over_memory / 2**20,
             )
         elif slot.tasks_left == 0 and exitcode == 0 and head is None:
-            self.ledger.stats.workers_recycled += 1
+            stats.workers_recycled += 1
+            stats.worker_ended(slot.figures, "max_tasks_per_child")
+            self.start_reasons.append("max_tasks_per_child")
+        elif was is WorkerState.KILLING and head is not None and head is slot.overdue:
+            self._replace(slot, "timed out", "replaces a timed-out worker")
+        elif was is WorkerState.STARTING:
+            self._replace(
+                slot, "failed to start", "replaces a worker that failed to start"
+            )
+        elif head is not None and head.seq <= started:
+            self._replace(slot, "crashed", "replaces a crashed worker")
         else:
-            self.deaths_to_replace += 1
+            self._replace(slot, f"exited ({_outcomes.exit_description(exitcode)})")
         if was is WorkerState.KILLING and head is not None and head is slot.overdue:
             slot.in_flight.popleft()
             self.ledger.claim(head)  # it ran: RUNNING, if no poll had seen it yet
@@ -165,6 +179,13 @@ class Endings:
         self._requeue_unstarted(slot)
         slot.claims.close()
 
+    def _replace(self, slot: WorkerSlot, ended: str, successor: str = "") -> None:
+        """``slot``'s worker ended (``ended``, for stats()); its successor
+        starts because of it (``successor``, or the same words)."""
+        self.deaths_to_replace += 1
+        self.ledger.stats.worker_ended(slot.figures, ended)
+        self.start_reasons.append(successor or ended)
+
     def _on_crash(self, slot: WorkerSlot, exitcode: int | None) -> None:
         crashed = slot.in_flight.popleft()
         crashed.slot = None
@@ -178,6 +199,7 @@ class Endings:
         )
         if crashed.attempts <= self.retries:
             self.ledger.stats.tasks_retried += 1
+            crashed.future.retries = crashed.attempts  # type: ignore[attr-defined]
             self.inbox.pending.appendleft(crashed)
             return
         self.ledger.fail(crashed, _outcomes.crashed(slot.pid, exitcode, crashed))

@@ -33,7 +33,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
 
 STDOUT = 1
 STDERR = 2
@@ -274,3 +274,112 @@ def deliver_record(fields: dict[str, Any], worker_pid: int | None) -> None:
     logger = logging.getLogger(record.name if record.name != "root" else None)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)
+
+
+# -- a dask worker's side: output captured per task thread -------------------------
+#
+# A dask worker runs many tasks at once, on threads, next to dask's own: a task's
+# lines and records are collected for its thread alone and travel back with its
+# answer (dask has its own transport), to be delivered in the parent like a
+# process worker's. Everything else the worker prints or logs stays its own.
+
+_capture = threading.local()  # .events: list, while this thread runs a task
+_router_lock = threading.Lock()
+_routed = False
+
+
+class _ThreadRouter(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` of a dask worker: a thread running a
+    stalwart task writes into its capture, every other thread as before."""
+
+    def __init__(self, stream: int, original: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._original = original
+
+    def write(self, text: str) -> int:
+        events = getattr(_capture, "events", None)
+        if events is None:
+            written: int = self._original.write(text)
+            return written
+        events.append(("output", self._stream, text))
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(_capture, "events", None) is None:
+            self._original.flush()
+
+    def fileno(self) -> int:
+        fd: int = self._original.fileno()
+        return fd
+
+    def isatty(self) -> bool:
+        return getattr(_capture, "events", None) is None and bool(
+            self._original.isatty()
+        )
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._original, "encoding", None) or "utf-8"
+
+
+class _CapturedRecords(logging.Handler):
+    """Collects the records of a thread running a stalwart task."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        events = getattr(_capture, "events", None)
+        if events is not None:
+            try:
+                events.append(("log", record_as_dict(record)))
+            except Exception:  # noqa: BLE001 - logging must never fail the task
+                self.handleError(record)
+
+
+def _not_captured(record: logging.LogRecord) -> bool:
+    """The worker's own handlers skip what a captured task logs: the parent
+    formats it, once."""
+    return getattr(_capture, "events", None) is None
+
+
+def _route_this_process() -> None:
+    global _routed
+    with _router_lock:
+        if _routed:
+            return
+        sys.stdout = _ThreadRouter(STDOUT, sys.stdout)
+        sys.stderr = _ThreadRouter(STDERR, sys.stderr)
+        root = logging.getLogger()
+        for handler in root.handlers:
+            handler.addFilter(_not_captured)
+        root.addHandler(_CapturedRecords())
+        _routed = True
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[tuple[Any, ...]]]:
+    """Within this block, what this thread prints or logs is collected (as
+    ``("output", stream, text)`` and ``("log", fields)`` events) instead of
+    shown: a dask worker's task, whose events go back with its answer."""
+    _route_this_process()
+    events: list[tuple[Any, ...]] = []
+    _capture.events = events
+    try:
+        yield events
+    finally:
+        _capture.events = None
+
+
+def deliver_events(
+    events: Iterable[tuple[Any, ...]], prefix: str | None, worker_pid: int | None
+) -> None:
+    """Show a dask task's captured events here, in order."""
+    mid_line = {STDOUT: False, STDERR: False}
+    for event in events:
+        if event[0] == "output":
+            _, stream, text = event
+            mid_line[stream] = deliver_output(stream, text, prefix, mid_line[stream])
+        elif event[0] == "log":
+            deliver_record(event[1], worker_pid)

@@ -56,7 +56,7 @@ from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart import _options, _pickling, _wire
-from stalwart._progress import check_progress, open_progress
+from stalwart._progress import Tally, check_progress, open_progress
 from stalwart.errors import PicklingError, RemoteError
 
 if TYPE_CHECKING:
@@ -546,12 +546,14 @@ def _results(
     feed: _Feed, end_time: float | None, progress: object, total: int | None
 ) -> Iterator[Any]:
     display = open_progress(progress, total)
+    tally = Tally(display)
     try:
         while feed.in_flight:
             future = feed.next_due(end_time)
             # A wait that fails (the timeout, Ctrl-C) raises here, before anything
             # more is submitted; `finally` then cancels this task with the rest.
             values, error = _take(future, feed.chunked, _remaining(end_time))
+            tally.count(future)
             feed.taken(future)
             del future
             if feed.buffersize is not None and error is None:

@@ -46,6 +46,9 @@ def park_or_stop(
             if slot.can_park() and _park(slot, pipes, reuse, avg_busy_s):
                 slots.remove(slot)
                 stats.workers_parked += 1
+                stats.worker_ended(slot.figures, "parked")
+    for slot in slots:
+        stats.worker_ended(slot.figures, "shut down")
     stop_all(list(slots), pipes)
     slots.clear()
 

@@ -2,8 +2,9 @@
 
 ``progress=True`` shows a tqdm bar when tqdm is installed (``tqdm.auto``, so a
 notebook gets its widget) and otherwise writes a plain ``done i/n`` line to
-stderr; ``progress=`` may also be the user's own tqdm-like object, anything
-with an ``update(n)`` method, which stalwart updates and never closes.
+stderr, with the failed tasks and those run again after a crash (``retries``)
+counted next to it; ``progress=`` may also be the user's own tqdm-like object,
+anything with an ``update(n)`` method, which stalwart updates and never closes.
 """
 
 from __future__ import annotations
@@ -88,12 +89,41 @@ def _counted(
 ) -> Iterator[Future[T]]:
     # The display opens at the first next(): an iterator never read shows nothing.
     display = open_progress(progress, total)
+    tally = Tally(display)
     try:
         for future in futures:
             display.update(1)
+            tally.count(future)
             yield future
     finally:
         display.close()
+
+
+class Tally:
+    """Failed and retried tasks, shown next to done (``progress=True`` only:
+    the user's own bar is theirs)."""
+
+    def __init__(self, display: Progress) -> None:
+        self._display = display
+        self.failed = 0
+        self.retried = 0
+
+    def count(self, future: Future[Any]) -> None:
+        """A finished task: counted if it failed or was run again."""
+        retried = getattr(future, "retries", 0)
+        failed = not future.cancelled() and future.exception(0) is not None
+        if not (failed or retried):
+            return  # the common case: nothing to show
+        self.failed += failed
+        self.retried += retried
+        text = f"{self.failed} failed, {self.retried} retried"
+        display = self._display
+        if isinstance(display, _PlainProgress):
+            display.counts = text
+        elif not isinstance(display, _UsersProgress):
+            set_postfix = getattr(display, "set_postfix_str", None)  # tqdm
+            if set_postfix is not None:
+                set_postfix(text)
 
 
 class _NoProgress:
@@ -127,6 +157,7 @@ class _PlainProgress:
         self._shown = -1
         self._last_shown_at = 0.0
         self._closed = False
+        self.counts = ""  # "1 failed, 2 retried" (Tally)
 
     def update(self, n: int) -> None:
         self._done += n
@@ -147,6 +178,8 @@ class _PlainProgress:
         text = f"done {self._done}" + (
             f"/{self._total}" if self._total is not None else ""
         )
+        if self.counts:
+            text += f" ({self.counts})"
         interactive = _is_terminal(stream)
         if self._done != self._shown:
             stream.write(f"\r{text}" if interactive else f"{text}\n")

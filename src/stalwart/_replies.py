@@ -118,6 +118,10 @@ class Replies:
         if busy_s is not None:
             avg = self.avg_busy_s
             self.avg_busy_s = busy_s if avg is None else 0.9 * avg + 0.1 * busy_s
+            figures = slot.figures
+            figures.tasks += 1
+            figures.busy_s += busy_s
+            self.ledger.stats.note_task_time(busy_s, task.describe)
         slot.note_running()
         return task
 

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from stalwart import _claims, _map, _wire
+from stalwart._stats import WorkerStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,6 +156,7 @@ class WorkerSlot:
         self.init_failure: tuple[str, str] | None = None
         self.over_memory: int | None = None  # its RSS, when it left for max_memory
         self.mid_line: dict[int, bool] = {}  # its output stream ended mid-line
+        self.figures = WorkerStats(process.pid, "start")  # for stats()
 
     def move(self, state: WorkerState) -> None:
         if state not in _LEGAL_MOVES[self.state]:
