@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import multiprocessing
+import os
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 
 import stalwart
+from stalwart import _memory
 from tests._leaks import worker_processes
 from tests._tasks import TIMEOUT
 
@@ -158,3 +164,42 @@ def no_leaked_workers_or_threads() -> Iterator[None]:
         wait_until(lambda: not leaked_threads(), "executor threads to exit", 10)
     except AssertionError:
         pytest.fail(f"leaked threads: {leaked_threads()}")
+
+
+@pytest.fixture
+def memory_cgroup_of_64_mib() -> Iterator[Path]:
+    """A fresh memory cgroup (v1 or v2) limited to 64 MiB without swap, for a real
+    kernel OOM kill; removed afterwards. Skipped where the machine refuses one."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a memory cgroup takes root")
+    mounts = _memory.cgroup_mounts()
+    v1 = [m for m in mounts if m.version == 1]
+    v2 = [m for m in mounts if m.version == 2]
+    if not v1 and not v2:
+        pytest.skip("no cgroup v1 memory controller and no cgroup v2 mounted")
+    mount = (v1 or v2)[0]
+    group = Path(mount.mount_point) / f"stalwart-test-{uuid.uuid4().hex[:12]}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOENT):
+            pytest.skip(f"this machine refuses a memory cgroup at {group}: {exc}")
+        raise
+    try:
+        if mount.version == 2:
+            if "memory" not in (group / "cgroup.controllers").read_text().split():
+                pytest.skip(f"the memory controller is not enabled for {group}")
+            (group / "memory.max").write_text(str(64 * 2**20))
+            with contextlib.suppress(FileNotFoundError):
+                (group / "memory.swap.max").write_text("0")
+        else:
+            (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+            with contextlib.suppress(FileNotFoundError):  # no swap accounting
+                (group / "memory.memsw.limit_in_bytes").write_text(str(64 * 2**20))
+        yield group
+    finally:
+        wait_until(
+            lambda: not (group / "cgroup.procs").read_text().split(),
+            f"the processes in {group} to end",
+        )
+        group.rmdir()

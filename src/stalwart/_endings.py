@@ -139,7 +139,11 @@ class Endings:
             stats.worker_ended(slot.figures, "retired")  # on purpose: not replaced
         elif slot.over_memory is not None and exitcode == 0:
             stats.workers_over_memory += 1
-            self._replace(slot, "max_memory_per_child")
+            self._replace(
+                slot,
+                "max_memory_per_child",
+                "replaces a worker past max_memory_per_child",
+            )
             logger.info(
                 "worker %s left after a task with %.1f MiB resident, past "
                 "max_memory_per_child; replacing it",
@@ -149,7 +153,7 @@ class Endings:
         elif slot.tasks_left == 0 and exitcode == 0 and head is None:
             stats.workers_recycled += 1
             stats.worker_ended(slot.figures, "max_tasks_per_child")
-            self.start_reasons.append("max_tasks_per_child")
+            self.start_reasons.append("replaces a worker at max_tasks_per_child")
         elif was is WorkerState.KILLING and head is not None and head is slot.overdue:
             self._replace(slot, "timed out", "replaces a timed-out worker")
         elif was is WorkerState.STARTING:
@@ -172,12 +176,24 @@ class Endings:
             self._on_start_failure(slot, exitcode)
         elif head is not None and head.seq <= started:
             self._on_crash(slot, exitcode)
+        elif (
+            exitcode == -signal.SIGKILL
+            and was is not WorkerState.STOPPING
+            and self.inbox.abort is None
+        ):
+            logger.warning(
+                "worker %s was killed while it ran no task; replacing it. %s",
+                slot.pid,
+                _why_killed(slot, exitcode),
+            )
         else:
             logger.debug("worker %s exited (exit code %s)", slot.pid, exitcode)
         # The rest never started (or, after a timeout, one was cut short at
         # the last instant): they run elsewhere, in order.
         self._requeue_unstarted(slot)
         slot.claims.close()
+        if slot.memory is not None:
+            slot.memory.close()
 
     def _replace(self, slot: WorkerSlot, ended: str, successor: str = "") -> None:
         """``slot``'s worker ended (``ended``, for stats()); its successor
@@ -191,18 +207,20 @@ class Endings:
         crashed.slot = None
         crashed.attempts += 1
         self.ledger.claim(crashed)
+        why = _why_killed(slot, exitcode)
         logger.warning(
-            "worker %s died (%s) while running %s; replacing it",
+            "worker %s died (%s) while running %s; replacing it.%s",
             slot.pid,
             _outcomes.exit_description(exitcode),
             crashed.describe(),
+            f" {why}" if why else "",
         )
         if crashed.attempts <= self.retries:
             self.ledger.stats.tasks_retried += 1
             crashed.future.retries = crashed.attempts  # type: ignore[attr-defined]
             self.inbox.pending.appendleft(crashed)
             return
-        self.ledger.fail(crashed, _outcomes.crashed(slot.pid, exitcode, crashed))
+        self.ledger.fail(crashed, _outcomes.crashed(slot.pid, exitcode, crashed, why))
 
     def _requeue_unstarted(self, slot: WorkerSlot) -> None:
         """Put a dead worker's remaining calls back at the front of the queue."""
@@ -281,6 +299,14 @@ class Endings:
                 ledger.drop_cancelled(task)
             elif ledger.claim(task):  # a retried call, running already
                 ledger.fail(task, CancelledError(f"interrupted ({abort.reason})"))
+
+
+def _why_killed(slot: WorkerSlot, exitcode: int | None) -> str | None:
+    """For a worker that died of a SIGKILL stalwart did not send: whether the
+    kernel's OOM killer sent it, with the figures (``_memory``)."""
+    if exitcode != -signal.SIGKILL or slot.memory is None:
+        return None
+    return slot.memory.explain_sigkill()
 
 
 def _kill(slot: WorkerSlot, signum: int) -> None:

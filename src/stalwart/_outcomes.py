@@ -21,8 +21,8 @@ _CRASH_HINTS = {
     "SIGSEGV": "Segfaults usually come from C extensions; the worker's C stack is on "
     "stderr (faulthandler).",
     "SIGBUS": "Bus errors usually come from C extensions or memory-mapped files.",
-    "SIGKILL": "SIGKILL usually means the OS ran out of memory (the OOM killer) or "
-    "someone killed the worker.",
+    "SIGKILL": "Something sent it SIGKILL: the kernel's OOM killer, another "
+    "process, or a supervisor.",
     "SIGABRT": "abort() usually comes from a failed assertion in C code; see stderr.",
 }
 
@@ -32,12 +32,15 @@ def exit_description(exitcode: int | None) -> str:
     return f"killed by {name}" if name else f"exit code {exitcode}"
 
 
-def crashed(pid: int | None, exitcode: int | None, task: Task) -> WorkerCrashedError:
-    """The worker died while running ``task``."""
+def crashed(
+    pid: int | None, exitcode: int | None, task: Task, why: str | None = None
+) -> WorkerCrashedError:
+    """The worker died while running ``task``; ``why`` it died, where known
+    (a SIGKILL's verdict: the OOM killer or not, ``_memory``)."""
     signal_name = _spawn.signal_name(exitcode)
     how = f"died from {signal_name}" if signal_name else f"exited with code {exitcode}"
     attempts = f" (attempt {task.attempts})" if task.attempts > 1 else ""
-    hint = _CRASH_HINTS.get(signal_name or "", "")
+    hint = why or _CRASH_HINTS.get(signal_name or "", "")
     if not signal_name:
         hint = "A task (or a C extension) called os._exit() or exit()."
     return WorkerCrashedError(

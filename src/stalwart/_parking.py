@@ -82,6 +82,8 @@ def _park(
         return False
     slot.reader.close()
     slot.sock.close()  # the parked worker keeps only its Connection
+    if slot.memory is not None:
+        slot.memory.close()  # its adopter watches it afresh
     logger.debug("parked worker %s", slot.pid)
     return True
 
@@ -120,6 +122,8 @@ def stop_all(slots: list[WorkerSlot], pipes: Pipes) -> None:
     for slot in slots:
         slot.process.join()
         slot.claims.close()
+        if slot.memory is not None:
+            slot.memory.close()
 
 
 def kill_all(slots: list[WorkerSlot]) -> None:

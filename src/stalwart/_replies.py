@@ -79,6 +79,7 @@ class Replies:
             self.consecutive_start_failures = 0
         elif isinstance(reply, _wire.OverMemory):
             slot.over_memory = reply.rss_bytes
+            slot.figures.note_memory(reply.rss_bytes)
             slot.tasks_left = 0  # it exits: send it nothing more
         else:
             slot.init_failure = (reply.summary, reply.remote_traceback)

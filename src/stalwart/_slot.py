@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from stalwart import _outofband
+    from stalwart._memory import MemoryWatch
     from stalwart._pipes import WithFds
 
 
@@ -157,6 +158,7 @@ class WorkerSlot:
         self.over_memory: int | None = None  # its RSS, when it left for max_memory
         self.mid_line: dict[int, bool] = {}  # its output stream ended mid-line
         self.figures = WorkerStats(process.pid, "start")  # for stats()
+        self.memory: MemoryWatch | None = None  # its RSS, and why a SIGKILL came
 
     def move(self, state: WorkerState) -> None:
         if state not in _LEGAL_MOVES[self.state]:

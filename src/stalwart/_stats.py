@@ -36,9 +36,11 @@ class WorkerStats:
         started_because: why it started: ``"start"`` (the pool grew to meet
             work), ``"adopted"`` (a warm worker from an earlier ``reuse=True``
             executor), ``"replaces a crashed worker"``, ``"replaces a timed-out
-            worker"``, ``"max_tasks_per_child"``, ``"max_memory_per_child"``.
-        ended_because: why it ended, in the same words plus ``"crashed"``,
-            ``"timed out"``, ``"shut down"``, ``"parked"``; None while it runs.
+            worker"``, ``"replaces a worker at max_tasks_per_child"``,
+            ``"replaces a worker past max_memory_per_child"``.
+        ended_because: why it ended: ``"crashed"``, ``"timed out"``,
+            ``"max_tasks_per_child"``, ``"max_memory_per_child"``, ``"parked"``,
+            ``"shut down"``, ``"retired"`` (the pool shrank); None while it runs.
         tasks: tasks it ran (answered).
         busy_s: seconds it spent running them.
         idle_s: seconds it was alive and not running a task.

@@ -30,7 +30,15 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stalwart import _forwarding, _outofband, _pickling, _shared, _state, _wire
+from stalwart import (
+    _forwarding,
+    _memory,
+    _outofband,
+    _pickling,
+    _shared,
+    _state,
+    _wire,
+)
 from stalwart.errors import RemoteError
 
 if TYPE_CHECKING:
@@ -229,8 +237,6 @@ def _serve(
             if tasks_left is not None:
                 tasks_left -= 1
             if config.max_memory is not None:
-                from stalwart import _memory
-
                 rss = _memory.own_resident_bytes()
                 if rss > config.max_memory:
                     # Replaced: the calls of this batch not started go elsewhere.
