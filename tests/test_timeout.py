@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pickle
 from pathlib import Path
@@ -26,6 +27,8 @@ def test_an_overdue_task_fails_with_task_timeout_error_and_the_pool_carries_on()
         replacement_pid = ex.submit(_tasks.pid).result(timeout=TIMEOUT)
     error = info.value
     assert isinstance(error, TimeoutError)  # old `except TimeoutError` still works
+    # ... and `except concurrent.futures.TimeoutError` (another class on 3.10)
+    assert isinstance(error, concurrent.futures.TimeoutError)
     assert error.timeout == 0.5
     assert error.pid == first_pid
     assert error.task == f"nap({TIMEOUT * 10!r})"

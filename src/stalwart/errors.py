@@ -16,7 +16,9 @@ Each refines the stdlib type that old code already catches, so
 
 from __future__ import annotations
 
+import concurrent.futures
 import pickle
+import sys
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
@@ -84,7 +86,16 @@ class InitializerError(BrokenProcessPool):
         return (_rebuild_with_kwargs, (type(self), self.args, kwargs))
 
 
-class TaskTimeoutError(TimeoutError):
+if sys.version_info >= (3, 11):
+    _Timeout = TimeoutError  # concurrent.futures.TimeoutError is this one
+else:
+
+    class _Timeout(concurrent.futures.TimeoutError, TimeoutError):
+        """On 3.10, ``concurrent.futures.TimeoutError`` is a class of its own:
+        ``except`` either one must catch a task's timeout."""
+
+
+class TaskTimeoutError(_Timeout):
     """A task ran longer than ``task_timeout``; its worker was killed and replaced.
 
     Attributes:
