@@ -82,6 +82,33 @@ def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
     assert result.stdout.strip() == "[0, 1, 4, 9]"
 
 
+@pytest.mark.parametrize("mp_context", [None, "template"])
+def test_a_script_read_from_stdin_works(tmp_path: Path, mp_context: str | None) -> None:
+    """``python - < script.py``: no file to re-import (``__file__`` is
+    "<stdin>"), so __main__ functions travel by value, guard or not."""
+    code = textwrap.dedent(
+        f"""
+        import stalwart
+        def square(x):
+            return x * x
+        if __name__ == "__main__":
+            with stalwart.ProcessPoolExecutor(1, mp_context={mp_context!r}) as ex:
+                print(list(ex.map(square, range(4))))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-"],
+        input=code,
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1, 4, 9]"
+
+
 def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
     process = start_script(
         tmp_path,

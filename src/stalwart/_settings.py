@@ -170,7 +170,9 @@ def _main_script_path() -> str | None:
     if main is None or getattr(main, "__spec__", None) is not None:
         return None  # run with -m: loky and spawn find it by module name
     path = getattr(main, "__file__", None)
-    return os.path.abspath(path) if isinstance(path, str) else None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None  # "<stdin>" (python - < script.py): nothing to import
+    return os.path.abspath(path)
 
 
 # ------------------------------------------- fork-context primitives in initargs
