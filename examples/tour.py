@@ -19,11 +19,14 @@ from tour_tasks import (
     DiesOnceLogistic,
     Model,
     Validator,
+    allocate_in,
+    chatty,
     crunch,
     element,
     fetch,
     first_and_sum,
     hang_with_a_child,
+    leak,
     load_model,
     ones,
     predict,
@@ -353,6 +356,66 @@ def joblib_and_scikit_learn() -> None:
             reusable_executor._executor.shutdown(wait=True, kill_workers=True)
 
 
+def seeing_inside() -> None:
+    section("14. Seeing inside: prints, log records, memory, the OOM killer named")
+    import contextlib
+    import io
+    import logging
+    import uuid
+
+    # A handler the parent configured: worker records come through it, once.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter("  parent's handler: %(process)d %(message)s")
+    )
+    logging.getLogger("tour").addHandler(handler)
+    captured = io.StringIO()  # as a Jupyter cell, or pytest's capture
+    with (
+        contextlib.redirect_stdout(captured),
+        stalwart.ProcessPoolExecutor(2, prefix_output=True) as ex,
+    ):
+        list(ex.map(chatty, range(2)))
+    logging.getLogger("tour").removeHandler(handler)
+    print("  the parent's (redirected) sys.stdout received:")
+    for line in captured.getvalue().splitlines():
+        print(f"    {line}")
+
+    with stalwart.ProcessPoolExecutor(2, max_memory_per_child="300MB") as ex:
+        pids = set(ex.map(leak, [50] * 40))
+        stats = ex.stats()
+    print(
+        f"  40 calls leaking 50 MB each, max_memory_per_child='300MB': "
+        f"{stats.workers_over_memory} workers replaced, {len(pids)} ran them, "
+        f"peak {max(w.peak_memory or 0 for w in stats.workers) / 1e6:.0f} MB"
+    )
+    print("  stats() reads:")
+    for line in str(stats).splitlines()[:5]:
+        print(f"    {line}")
+
+    group = Path("/sys/fs/cgroup/memory") / f"stalwart-tour-{uuid.uuid4().hex[:8]}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+        with contextlib.suppress(OSError):  # no swap accounting
+            (group / "memory.memsw.limit_in_bytes").write_text(str(64 * 2**20))
+    except OSError as error:
+        print(f"  (no memory cgroup to be had here, the OOM kill is skipped: {error})")
+        return
+    try:
+        with stalwart.ProcessPoolExecutor(1) as ex:
+            try:
+                ex.submit(allocate_in, str(group), 256).result()
+            except stalwart.WorkerCrashedError as error:
+                print(f"  a task past its 64 MiB cgroup: {error}")
+    finally:
+        deadline = time.monotonic() + 10
+        while (group / "cgroup.procs").read_text().strip():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # the killed worker leaves the cgroup
+        group.rmdir()
+
+
 def main() -> None:
     print(
         f"stalwart tour on Python {sys.version.split()[0]}, pid {os.getpid()}, "
@@ -371,6 +434,7 @@ def main() -> None:
     cancel_is_exact()
     large_data()
     joblib_and_scikit_learn()
+    seeing_inside()
     print("\nAll sections ran for real. See README.md for the rest of the contract.")
 
 

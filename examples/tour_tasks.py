@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import logging
 import os
 import subprocess
 import sys
@@ -125,3 +126,28 @@ class DiesOnceLogistic(LogisticRegression):  # type: ignore[misc,valid-type]
                 pass
             os.kill(os.getpid(), 9)
         return super().fit(X, y, sample_weight=sample_weight)
+
+
+def chatty(x: int) -> int:
+    """Prints and logs, as tasks do: both show up in the parent."""
+    print(f"working on {x}")
+    logging.getLogger("tour").warning("item %d looks odd", x)
+    return x * 2
+
+
+_kept: list[bytes] = []
+
+
+def leak(megabytes: int) -> int:
+    """Keeps ``megabytes`` more on every call, as a leaking library would."""
+    _kept.append(b"\x01" * (megabytes * 1_000_000))
+    return os.getpid()
+
+
+def allocate_in(cgroup: str, megabytes: int) -> None:
+    """Joins a memory cgroup with a small limit, then allocates past it."""
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+    hog = bytearray(megabytes * 2**20)
+    for offset in range(0, len(hog), 4096):
+        hog[offset] = 1
