@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import stalwart
+from stalwart import _memory
 from tests._tasks import TIMEOUT
 from tests.conftest import _session_helpers, wait_until
 
@@ -124,8 +125,9 @@ def test_a_fit_killed_by_the_oom_killer_is_run_again_and_the_search_goes_on(
     )
     found = search(estimator, data, "stalwart", retries=1)
     assert (tmp_path / "oom").exists(), "no fit went over the limit"
-    failcnt = memory_cgroup_of_64_mib / "memory.failcnt"  # cgroup v1's
-    assert not failcnt.exists() or int(failcnt.read_text()) > 0
+    version = 1 if (memory_cgroup_of_64_mib / "memory.oom_control").exists() else 2
+    counted = _memory.read_cgroup_memory(str(memory_cgroup_of_64_mib), version)
+    assert counted.oom_kills, "the kernel's OOM killer ended that fit's worker"
     assert found.best_params_ == expected.best_params_
     assert (
         found.cv_results_["mean_test_score"].tolist()
