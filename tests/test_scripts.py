@@ -352,3 +352,26 @@ def test_parked_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> Non
         """,
     )
     _kill_and_expect_its_workers_to_exit(process)
+
+
+def test_a_script_that_ends_while_the_template_starts_prints_no_traceback(
+    tmp_path: Path,
+) -> None:
+    """A second executor created while the first one's I/O thread runs starts
+    the template; the script ends before the template is ready: the template
+    just leaves, without a BrokenPipeError on stderr."""
+    code = """
+        import stalwart
+
+        def double(x):
+            return 2 * x
+
+        if __name__ == "__main__":
+            first = stalwart.get_reusable_executor(max_workers=1)
+            assert list(first.map(double, range(3))) == [0, 2, 4]
+            other = stalwart.get_reusable_executor(max_workers=1, task_timeout=30)
+            other.shutdown()
+            first.shutdown(kill_workers=True)
+        """
+    _, err = finish(start_script(tmp_path, code), check=True)
+    assert "Traceback" not in err, err

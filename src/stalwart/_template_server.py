@@ -108,10 +108,13 @@ def serve(sock: socket.socket, modules: list[str]) -> None:
     interpreter_name = _set_process_name(PROCESS_NAME)
     skipped = _preload(modules)
     hazard = _forking.fork_hazard(ignore_fds={sock.fileno()})
-    if hazard is not None:
-        send_message(sock, (UNFIT, f"after preloading, {hazard}"))
-        return
-    send_message(sock, (READY, os.getpid(), skipped))
+    try:
+        if hazard is not None:
+            send_message(sock, (UNFIT, f"after preloading, {hazard}"))
+            return
+        send_message(sock, (READY, os.getpid(), skipped))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent no longer wants us (it shut down, or is exiting)
     util._close_stdin()  # type: ignore[attr-defined]
     _fork_on_request(sock, interpreter_name)
 
