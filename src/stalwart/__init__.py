@@ -47,6 +47,8 @@ from stalwart.errors import (
     WorkerCrashedError,
 )
 
+__version__ = "0.1.0"  # the one place it is written: pyproject reads it from here
+
 _joblib_registration.install()
 
 # A library logs, the application decides where it goes (crash and start-up

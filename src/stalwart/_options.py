@@ -70,6 +70,7 @@ def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:
                 "stalwart",
                 "template",
                 "loky",
+                "loky_init_main",
                 *multiprocessing.get_all_start_methods(),
             ]
             raise ValueError(

@@ -106,9 +106,13 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
     Args:
         max_workers: ``None`` for every usable CPU (cgroup and affinity aware);
             a negative ``n`` means ``cpus + 1 + n`` (``-1`` all, ``-2`` all but one).
-        mp_context: a multiprocessing context or a start-method name. The default,
-            ``"loky_init_main"``, starts fresh interpreters (safe with threads and
-            CUDA in the parent) that import your ``__main__`` as spawn does.
+        mp_context: a multiprocessing context or a start-method name. The
+            default, ``"stalwart"``, forks the caller where that is provably
+            safe (one thread, no accelerator device open) and otherwise forks a
+            template interpreter that imported your ``__main__`` as spawn does:
+            fork's speed, safe with threads and CUDA in the parent.
+            ``"template"``, ``"loky_init_main"``, ``"loky"``, ``"spawn"``,
+            ``"forkserver"`` and ``"fork"`` force a way.
         initializer, initargs: run once in each worker; see ``worker_state()``.
         max_tasks_per_child: replace a worker after this many tasks.
         task_timeout: seconds a task may run in a worker (counted from when it
