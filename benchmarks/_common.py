@@ -3,7 +3,8 @@ bounded shutdown, medians, and the one markdown table each program prints.
 
 Every benchmark program follows the same protocol so that ``run.py`` can gather
 them: the table goes to stdout, progress to stderr, and with ``--json PATH`` the
-figures and the verdicts against DESIGN.md's bars are also written to PATH.
+figures and the verdicts against the performance bars (docs/design.md) are also
+written to PATH.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def emit(
 ) -> None:
     """Print the table; with ``--json``, write everything ``run.py`` needs.
 
-    ``bars``: one dict per DESIGN.md bar: ``bar`` (its text), ``measured`` (the
+    ``bars``: one dict per bar (docs/design.md): ``bar`` (its text), ``measured`` (the
     figure compared with it) and ``verdict`` (PASS or MISS, computed from the
     figures by the caller).
     """
