@@ -600,7 +600,9 @@ class DaskExecutor(_map.MapMixin, Executor):
         max_workers: the local cluster's worker count (``None``: every usable
             CPU; negative ``n``: ``cpus + 1 + n``). A cluster given by ``address``
             or ``client`` keeps its own size.
-        initializer, initargs: run once per dask worker; see ``worker_state()``.
+        initializer: called once per dask worker, as ``initializer(*initargs)``;
+            its return value is what ``stalwart.worker_state()`` returns there.
+        initargs: the initializer's arguments.
         task_timeout: seconds a task may run on a worker; past that its future
             fails with ``stalwart.TaskTimeoutError``. On the local cluster the
             worker is then restarted, which stops the call; on a cluster the
@@ -611,10 +613,13 @@ class DaskExecutor(_map.MapMixin, Executor):
             times before failing it with ``stalwart.WorkerCrashedError``. A task
             that raises is never retried.
         client: a ``distributed.Client`` to use as it is; it is not closed.
-        mp_context, max_tasks_per_child, reuse, idle_timeout, check_pickle:
-            accepted and checked so that every executor takes the same keywords;
-            no effect here: dask starts and recycles its workers itself, and the
-            pickling check is always on.
+        mp_context: accepted and checked so that every executor takes the same
+            keywords; no effect here: dask starts its workers itself.
+        max_tasks_per_child: accepted and checked; no effect here: dask
+            recycles its workers itself.
+        reuse: accepted and checked; no effect here.
+        idle_timeout: accepted and checked; no effect here.
+        check_pickle: accepted and checked; the pickling check is always on.
         forward_output: what a task prints to ``sys.stdout`` / ``sys.stderr``
             and logs on its dask worker is shown here (the parent's current
             streams, its logging handlers), when the task ends, as the process

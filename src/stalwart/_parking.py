@@ -41,6 +41,9 @@ def park_or_stop(
 ) -> None:
     """Park what may be parked (``reuse`` given), stop the rest; ``slots``
     keeps each worker not yet parked or stopped, for a last-resort kill."""
+    for slot in slots:  # their last figures for stats(): short runs had none
+        if slot.memory is not None:
+            slot.figures.note_memory(slot.memory.refresh())
     if reuse is not None and not exiting:
         for slot in list(slots):
             if slot.can_park() and _park(slot, pipes, reuse, avg_busy_s):

@@ -113,7 +113,9 @@ class ProcessPoolExecutor(_map.MapMixin, Executor):
             fork's speed, safe with threads and CUDA in the parent.
             ``"template"``, ``"loky_init_main"``, ``"loky"``, ``"spawn"``,
             ``"forkserver"`` and ``"fork"`` force a way.
-        initializer, initargs: run once in each worker; see ``worker_state()``.
+        initializer: called once in each worker, as ``initializer(*initargs)``;
+            its return value is what ``stalwart.worker_state()`` returns there.
+        initargs: the initializer's arguments.
         max_tasks_per_child: replace a worker after this many tasks.
         task_timeout: seconds a task may run in a worker (counted from when it
             starts, not from submit()); past that its worker is killed, with any

@@ -77,6 +77,8 @@ class Replies:
             if slot.state is WorkerState.STARTING:
                 slot.move(WorkerState.RUNNING)
             self.consecutive_start_failures = 0
+            if slot.memory is not None:  # its first figure for stats()
+                slot.figures.note_memory(slot.memory.refresh())
         elif isinstance(reply, _wire.OverMemory):
             slot.over_memory = reply.rss_bytes
             slot.figures.note_memory(reply.rss_bytes)

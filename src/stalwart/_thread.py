@@ -426,9 +426,14 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             aware); a negative ``n`` means ``cpus + 1 + n`` as in the process pool.
             Threads start on demand, up to this many.
         thread_name_prefix: worker thread names are ``f"{prefix}_{n}"``.
-        initializer, initargs: run once in each worker thread.
-        mp_context, retries: accepted and validated, with no effect on threads
-            (there is no process to start, and no worker can crash on its own).
+        initializer: called once in each worker thread, as
+            ``initializer(*initargs)``; its return value is what
+            ``stalwart.worker_state()`` returns there.
+        initargs: the initializer's arguments.
+        mp_context: accepted and validated, with no effect on threads (there
+            is no process to start).
+        retries: accepted and validated, with no effect on threads (no worker
+            can crash on its own).
         max_tasks_per_child: a thread exits after this many tasks; a new thread,
             running the initializer again, takes over.
         task_timeout: seconds a task may run (counted from when a thread starts
@@ -441,9 +446,11 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         idle_timeout: seconds a parked thread waits to be adopted before it
             exits (default 60); no effect without ``reuse=True``.
         check_pickle: pre-check every call's picklability in ``submit()``.
-        forward_output, prefix_output, max_memory_per_child: accepted and
-            validated, with no effect on threads: their prints and log records
-            are this process's own already, and they share its memory.
+        forward_output: accepted and validated, with no effect on threads:
+            their prints and log records are this process's own already.
+        prefix_output: accepted and validated, with no effect on threads.
+        max_memory_per_child: accepted and validated, with no effect on
+            threads: they share this process's memory.
     """
 
     def __init__(
