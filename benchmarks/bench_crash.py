@@ -30,7 +30,7 @@ TASKS, TASK_S, CRASH_INDEX = 200, 0.05, 100
 QUICK_TASKS, QUICK_TASK_S, QUICK_CRASH_INDEX = 60, 0.02, 30
 RESOLVE_TIMEOUT_S = 120.0
 REPLACEMENT_BAR_S = 1.0
-"""DESIGN.md: 199 results delivered; replacement worker ready < 1 s."""
+"""docs/design.md: 199 results delivered; replacement worker ready < 1 s."""
 
 
 @dataclass

@@ -84,7 +84,7 @@ CHECK_BUSY_S, QUICK_CHECK_BUSY_S = 1.0, 0.5
 IDLE_S, QUICK_IDLE_S = 1.0, 0.5
 """How long the check phase measures the CPU a warm, idle pool uses."""
 OVERHEAD_BAR = 1.5
-"""Ours, not DESIGN.md: DaskExecutor's per-task overhead <= 1.5x plain dask's."""
+"""Ours: DaskExecutor's per-task overhead <= 1.5x plain dask's."""
 RESULT_TIMEOUT_S = 300.0
 
 CONTENDERS = ("stalwart", "dask_executor", "dask")
@@ -372,8 +372,7 @@ def main() -> None:
     passed = layer_ratio <= OVERHEAD_BAR
     bar_text = (
         f"DaskExecutor's per-task overhead on tiny tasks ≤ {OVERHEAD_BAR:g}x plain "
-        "dask's (`Client.submit` + `as_completed`, same cluster size) (ours, not "
-        "DESIGN.md)"
+        "dask's (`Client.submit` + `as_completed`, same cluster size) (ours)"
     )
     bars = [
         {

@@ -2,7 +2,7 @@
 scikit-learn gives it.
 
 joblib users (scikit-learn's ``n_jobs=``) never see an executor: they choose a
-backend. Issue 14's bar: the "stalwart" backend runs within 1.05x of the loky
+backend. The bar (docs/design.md): the "stalwart" backend runs within 1.05x of the loky
 backend's time, or faster. Both backends run in the same process, with
 ``n_jobs`` = the CPUs this process may use, and keep their workers between
 ``Parallel`` calls (loky's reusable executor, stalwart's warm set): each
@@ -44,7 +44,7 @@ import stalwart  # registers the "stalwart" backend
 BACKENDS = ("stalwart", "loky")
 IDLE_S = 2.0
 BAR = 1.05
-"""Issue 14: within 1.05x of the loky backend's time, or faster."""
+"""The bar: within 1.05x of the loky backend's time, or faster."""
 
 FULL = {"tiny": 10_000, "naps": 100, "nap_s": 0.05, "rows": 2_000, "array_mib": 100}
 RUNS = {"tiny": 3, "grid": 5}

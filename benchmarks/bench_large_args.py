@@ -29,7 +29,7 @@ QUICK_TASKS = 300
 ARG_BYTES = 1 << 20
 CONTENDERS = ("stalwart", "stdlib", "loky")
 BAR = "stdlib"
-"""DESIGN.md: 2k tasks carrying ~1 MB arguments: no slower than stdlib."""
+"""docs/design.md: 2k tasks carrying ~1 MB arguments: no slower than stdlib."""
 
 
 class PeakRSS:

@@ -48,7 +48,7 @@ BUFFERSIZE = 16 * _common.WORKERS
 STDLIB_CHUNKSIZE = 4096
 """The stdlib's best rung on bench_map's ladder on the 2-core reference machine."""
 BAR_BYTES = 100_000_000
-"""DESIGN.md: map(buffersize=...) over a 10M-item generator: growth < 100 MB."""
+"""docs/design.md: map(buffersize=...) over a 10M-item generator: growth < 100 MB."""
 CHILD_TIMEOUT_S = 600
 
 

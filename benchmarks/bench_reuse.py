@@ -57,11 +57,11 @@ if TYPE_CHECKING:
 
 TASKS_PER_BLOCK = 4
 BLOCKS = 20
-"""DESIGN.md's sequence: 20 consecutive ``with`` blocks of 4 tiny tasks."""
+"""docs/design.md's sequence: 20 consecutive ``with`` blocks of 4 tiny tasks."""
 INITIALIZER_S = 0.5
 """What the initializer of the second scenario takes in each worker."""
 SPEED_BAR = 10.0
-"""DESIGN.md: reuse=True >= 10x faster than the stdlib over the 20 blocks."""
+"""docs/design.md: reuse=True >= 10x faster than the stdlib over the 20 blocks."""
 WARM_BLOCK_BAR_S = 0.1
 """Ours: with the 0.5 s initializer, a reuse=True block after warm-up < 0.1 s,
 i.e. the initializer is paid once, not per block."""
@@ -98,7 +98,7 @@ class Scenario:
 
 
 def scenarios(quick: bool) -> tuple[Scenario, Scenario]:
-    """Without an initializer every contender runs DESIGN.md's 20 blocks. With
+    """Without an initializer every contender runs docs/design.md's 20 blocks. With
     the 0.5 s initializer a fresh-workers block costs over 0.5 s, so those
     contenders run fewer blocks (and everyone fewer under ``--quick``)."""
     return (
@@ -264,7 +264,7 @@ def main() -> None:
         )
 
     plain, init = plan
-    ours = " (ours, not DESIGN.md)"
+    ours = " (ours)"
     plain_ratio = speedup(plain, "stdlib")
     init_ratio = speedup(init, "stdlib")
     init_block_s = per_block[init.name, "stalwart_reuse"]

@@ -22,7 +22,7 @@ import _work
 TASKS = 20_000
 QUICK_TASKS = 4_000
 BARS = {"stdlib": 5.0, "loky": 5.0, "pebble": 3.0}
-"""DESIGN.md: >= 5x stdlib ProcessPoolExecutor and loky, >= 3x pebble."""
+"""docs/design.md: >= 5x stdlib ProcessPoolExecutor and loky, >= 3x pebble."""
 
 
 def run_once(name: str, tasks: int) -> float:

@@ -18,7 +18,7 @@ per-thread state) adds nothing to it. Every measurement gets a fresh pool, warme
 until each of its threads has answered, so thread start-up is out of the timed
 region. Repetitions are interleaved, their order rotating each time; figures are
 medians and ratios are ratios of medians, always as speed (above 1: stalwart is
-faster; for the I/O case, the stdlib's wall time over stalwart's). DESIGN.md sets
+faster; for the I/O case, the stdlib's wall time over stalwart's). docs/design.md sets
 no bar for the thread pool; the bars here are ours and mean "no regression worth
 the name": stalwart at least 0.95x the stdlib wherever code runs unchanged, and
 ``chunksize="auto"``, the one thing a user changes to go faster, at least as fast
@@ -47,7 +47,7 @@ TASKS, QUICK_TASKS = 20_000, 4_000
 ITEMS, QUICK_ITEMS = 200_000, 40_000
 IO_TASKS, IO_SLEEP_S = 200, 0.01
 NO_REGRESSION_BAR = 0.95
-"""Ours (DESIGN.md has no thread bar): stalwart >= 0.95x the stdlib, unchanged code:
+"""Ours (the design sets no thread bar): stalwart >= 0.95x the stdlib, unchanged code:
 switching the import must cost nothing measurable, within this machine's noise."""
 AUTO_BAR = 1.0
 """Ours: stalwart ``map(chunksize="auto")`` >= 1x the stdlib's ``map``."""
@@ -244,7 +244,7 @@ def main() -> None:
             f"(speed ≥ {NO_REGRESSION_BAR}x)",
         ),
     }
-    ours = " (ours, not DESIGN.md: no regression worth the name)"
+    ours = " (ours: no regression worth the name)"
     bars, rows = [], []
     for setting in PLAN:
         values = seconds[setting]

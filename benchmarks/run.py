@@ -2,7 +2,7 @@
 
 Each benchmark program runs in its own interpreter (this one, ``sys.executable``),
 prints one markdown table on stdout and writes its figures and its verdicts
-against DESIGN.md's performance contract to a JSON file; this script gathers them
+against docs/design.md's performance contract to a JSON file; this script gathers them
 under a description of the machine. ``nox -s bench`` runs it::
 
     python benchmarks/run.py                 # full run, rewrites benchmarks/RESULTS.md
@@ -149,12 +149,7 @@ def _version(package: str) -> str:
     except ImportError:
         return "not installed"
     version = getattr(module, "__version__", None)
-    if version is None and package == "stalwart":
-        match = re.search(
-            r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M
-        )
-        version = match.group(1) if match else None
-    return f"{version or '?'} (not installed: imported from {Path(module.__file__ or '?').parent})"
+    return f"{version or '?'} (not installed: imported from a source tree)"
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
@@ -204,7 +199,7 @@ def machine() -> list[str]:
         f"- Memory: {_memory()}",
         f"- OS: {_os()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()} "
-        f"(`{sys.executable}`); default start method "
+        f"(`python{sys.version_info.major}.{sys.version_info.minor}`); default start method "
         f"`{multiprocessing.get_start_method()}` (stdlib, pebble); loky starts "
         "workers with its fork+exec; stalwart forks the caller where provably "
         "safe, else its template process (README, 'How workers start')",
@@ -226,11 +221,11 @@ def render(reports: list[dict], args: argparse.Namespace, total_s: float) -> str
         "",
         f"Generated {now} by `python benchmarks/run.py` ({mode}), in {total_s:.0f} s.",
         "The verdicts are computed from the figures below against the performance",
-        "contract in DESIGN.md; nothing here is edited by hand.",
+        "contract in docs/design.md; nothing here is edited by hand.",
         "",
         "## Summary",
         "",
-        "| benchmark | bar (DESIGN.md) | measured | verdict |",
+        "| benchmark | bar (docs/design.md) | measured | verdict |",
         "| --- | --- | --- | --- |",
     ]
     for report in reports:
@@ -272,7 +267,7 @@ def render(reports: list[dict], args: argparse.Namespace, total_s: float) -> str
             continue
         out += [str(report["explanation"]), ""]
         bars = "; ".join(f"{b['bar']}: **{b['verdict']}**" for b in report["bars"])
-        out += [f"**Bar** (DESIGN.md): {bars}.", ""]
+        out += [f"**Bar** (docs/design.md): {bars}.", ""]
         out += [str(report["params"]) + f" Took {report['seconds']:.0f} s.", ""]
         out += [str(report["table"]), ""]
     return "\n".join(out)

@@ -137,10 +137,16 @@ def test_minus_one_means_every_usable_cpu(manager: Any) -> None:
     assert len(pids) == cpus
 
 
-@pytest.mark.parametrize("bad", [0, -(os.cpu_count() or 1) - 100])
-def test_max_workers_out_of_range_is_a_value_error(bad: int) -> None:
+def test_max_workers_zero_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="max_workers must be None, a positive int"):
-        stalwart.ProcessPoolExecutor(max_workers=bad)
+        stalwart.ProcessPoolExecutor(max_workers=0)
+
+
+def test_a_negative_max_workers_never_gives_fewer_than_one_worker() -> None:
+    """joblib's rule: -2 on a single CPU is one worker, not an error."""
+    with stalwart.ProcessPoolExecutor(max_workers=-(os.cpu_count() or 1) - 100) as ex:
+        assert ex.submit(_tasks.pid).result(timeout=TIMEOUT) > 0
+        assert ex._max_workers == 1
 
 
 def test_max_workers_of_the_wrong_type_is_a_type_error() -> None:

@@ -2,7 +2,7 @@
 
 Calls are sent ahead to workers in batches, yet a call that has not started is
 as cancellable as one still queued in the parent, and an idle worker takes back
-a busy worker's backlog (issue 11, defect 5).
+a busy worker's backlog.
 """
 
 from __future__ import annotations

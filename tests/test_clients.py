@@ -141,7 +141,7 @@ def test_tqdm_thread_map_returns_what_the_stdlib_returns(
 
 # tqdm counts progress in a done-callback added by its own submit() wrapper,
 # which it sets on the executor instance before calling map(): the bar moves
-# only if map() goes through the instance's submit() (DESIGN.md, contract 12).
+# only if map() goes through the instance's submit() (docs/design.md, contract 12).
 
 
 @IGNORE_FORK_LOCK_WARNING

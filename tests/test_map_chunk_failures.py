@@ -122,3 +122,38 @@ def test_the_items_exception_arrives_when_the_results_before_it_cannot(
             list(results)
     if kind != "thread":  # the worker's traceback rides along, as in the stdlib
         assert "lock_then_fail" in str(caught.value.__cause__)
+
+
+def test_a_timed_out_chunk_says_all_its_calls_failed_and_how_its_limit_grew() -> None:
+    with stalwart.ProcessPoolExecutor(1) as ex:
+        results = ex.map(
+            _tasks.nap, [0.0, 0.0, 30.0, 0.0], chunksize=4, task_timeout=0.5
+        )
+        with pytest.raises(stalwart.TaskTimeoutError) as info:
+            list(results)
+    message = str(info.value)
+    assert message.startswith("a map chunk of 4 calls to nap(...) ran longer")
+    assert "(4 calls x the map's 0.5 s)" in message
+    assert "Only the 4 calls of this chunk failed" in message
+    assert "task 0" not in message  # no internal counter
+
+
+def test_a_pickling_error_in_map_names_the_item() -> None:
+    items = [1, 2, threading.RLock(), 4]
+    for chunksize in (1, 2):
+        with stalwart.ProcessPoolExecutor(1) as ex:
+            with pytest.raises(stalwart.PicklingError) as info:
+                list(ex.map(_tasks.echo, items, chunksize=chunksize))
+        assert str(info.value).startswith("cannot send item 2 of map(echo, ")
+        assert info.value.path == "args[0]"
+
+
+def test_a_thread_pool_s_pickling_check_does_not_advise_threads() -> None:
+    with stalwart.ThreadPoolExecutor(1, check_pickle=True) as ex:
+        with pytest.raises(stalwart.PicklingError) as info:
+            list(ex.map(_tasks.echo, [1, threading.RLock()]))
+    message = str(info.value)
+    assert message.startswith("cannot pickle item 1 of map(echo, ")
+    assert "check_pickle=True" in message
+    assert "use stalwart.ThreadPoolExecutor" not in message
+    assert "worker process" not in message

@@ -48,7 +48,9 @@ def test_pickling_error_is_the_stdlib_pickling_error() -> None:
 def test_map_refuses_an_unpicklable_item_and_runs_none_of_the_map() -> None:
     items: list[Any] = [1, 2, threading.Lock(), 4]
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
-        with pytest.raises(stalwart.PicklingError, match="cannot send map") as info:
+        with pytest.raises(
+            stalwart.PicklingError, match="cannot send item 2 of map"
+        ) as info:
             ex.map(_tasks.echo, items)
         assert info.value.path == "args[0]"
         assert ex.submit(_tasks.echo, "still usable").result(timeout=TIMEOUT)

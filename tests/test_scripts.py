@@ -207,9 +207,47 @@ def test_an_executor_started_at_import_time_fails_clearly(
         ex.shutdown()
         """,
     )
-    out, err = finish(process)
+    out, _ = finish(process)
     assert "WorkerCrashedError" in out
-    assert "__name__ == '__main__'" in out + err
+    assert "__name__ == '__main__'" in out
+    if start_method == "template":  # stalwart's worker says why: said, not guessed
+        assert "creates an executor at import time" in out
+
+
+def test_a_main_script_that_fails_in_workers_is_named_with_its_error(
+    tmp_path: Path,
+) -> None:
+    """The script imports in the parent but raises when a worker imports it:
+    the error says what it raised, with the worker's traceback as its cause."""
+    process = start_script(
+        tmp_path,
+        """
+        import os
+        import traceback
+        import stalwart
+
+        if os.environ.get("STARTED_BY") == "the test":
+            raise ValueError("no config in workers")
+
+        def echo(x):
+            return x
+
+        if __name__ == "__main__":
+            os.environ["STARTED_BY"] = "the test"
+            ex = stalwart.ProcessPoolExecutor(1, mp_context="template")
+            try:
+                ex.submit(echo, 1).result(timeout=60)
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+                print("cause:", "".join(traceback.format_exception(exc.__cause__)))
+            ex.shutdown()
+        """,
+    )
+    out, _ = finish(process)
+    assert "WorkerCrashedError worker" in out
+    assert "could not import the main script" in out
+    assert "it raised ValueError: no config in workers" in out
+    assert 'raise ValueError("no config in workers")' in out  # the traceback
 
 
 def test_an_unguarded_script_runs_where_the_caller_is_forked(tmp_path: Path) -> None:
@@ -375,3 +413,29 @@ def test_a_script_that_ends_while_the_template_starts_prints_no_traceback(
         """
     _, err = finish(start_script(tmp_path, code), check=True)
     assert "Traceback" not in err, err
+
+
+def test_an_unguarded_dask_script_is_told_about_the_guard_briefly(
+    tmp_path: Path,
+) -> None:
+    """dask's local cluster starts its workers with spawn, which imports the
+    script: a clear error instead of a cluster per worker and 200 lines of
+    dask's logs."""
+    pytest.importorskip("distributed")
+    code = """
+        import stalwart
+
+        def square(x):
+            return x * x
+
+        ex = stalwart.DaskExecutor(max_workers=1)
+        print(ex.submit(square, 3).result(timeout=60))
+        ex.shutdown()
+        """
+    process = start_script(tmp_path, code)
+    _, err = finish(process)
+    assert process.returncode != 0
+    assert "could not start its workers" in err
+    assert "if __name__ == '__main__':" in err
+    assert "was importing the main module" in err  # the worker's own words
+    assert len(err.splitlines()) < 80, err

@@ -567,6 +567,28 @@ def _kill_local_worker_tree(pid: int) -> bool:
     return True
 
 
+def _start_local_cluster(distributed: Any, workers: int | None) -> Any:
+    """A ``LocalCluster`` of ``workers`` one-thread processes; a clear error if
+    its workers cannot start (dask's own says "Nanny failed to start")."""
+    try:
+        return distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,  # its failures are told below, once
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to start: said below
+        raise RuntimeError(
+            f"the local dask cluster could not start its workers ({exc}). dask "
+            "starts them with spawn, which imports your main script: a script "
+            "that creates the executor when imported must keep that code under "
+            "`if __name__ == '__main__':` (each worker's traceback above says "
+            "whether that was it: stalwart's 'executor was created while a "
+            "worker process was importing the main module')."
+        ) from None  # dask's own chain: three tracebacks of its internals
+
+
 def _key_prefix(task: _DaskTask) -> str:
     """The dask key's prefix, what the dashboard groups by: the function's name."""
     fn = task.args[0] if task.fn is _map.run_chunk else task.fn
@@ -649,6 +671,11 @@ class DaskExecutor(_map.MapMixin, Executor):
         prefix_output: bool = False,
         max_memory_per_child: int | str | None = None,
     ) -> None:
+        from stalwart._process import _refuse_while_bootstrapping
+
+        # A dask worker of a local cluster imports the main script (spawn): an
+        # unguarded script would start a cluster inside each of them.
+        _refuse_while_bootstrapping()
         if address is not None and client is not None:
             raise ValueError(
                 "pass address= (a scheduler to connect to) or client= (a "
@@ -681,12 +708,7 @@ class DaskExecutor(_map.MapMixin, Executor):
         owns_client = client is None
         if client is None:
             if address is None:
-                cluster = distributed.LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=":0",
-                )
+                cluster = _start_local_cluster(distributed, workers)
                 stats.workers_started = len(cluster.workers)
                 address = cluster.scheduler_address
             try:

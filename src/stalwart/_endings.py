@@ -239,7 +239,12 @@ class Endings:
         failures = self.replies.consecutive_start_failures
         given_up = failures >= MAX_CONSECUTIVE_START_FAILURES
         error = _outcomes.start_failed(
-            slot.pid, exitcode, slot.init_failure, failures, given_up
+            slot.pid,
+            exitcode,
+            slot.init_failure,
+            failures,
+            given_up,
+            slot.main_failure,
         )
         logger.warning("%s", error)
         if given_up:

@@ -99,6 +99,7 @@ class MapMixin:
     """
 
     _executor_task_timeout: float | None = None
+    _pickles_for_threads = False  # a thread pool's pickling is only a check
 
     @property
     def _task_timeout(self) -> float | None:
@@ -177,6 +178,7 @@ class MapMixin:
             ordered=ordered,
             buffersize=buffersize,
             progress=progress,
+            for_threads=self._pickles_for_threads,
         )
         return results
 
@@ -217,13 +219,15 @@ def map_results(
     ordered: bool,
     buffersize: int | None,
     progress: object,
+    for_threads: bool = False,
 ) -> Iterator[Any]:
-    """Run ``fn`` over the zipped iterables through ``submit``; see the module doc."""
+    """Run ``fn`` over the zipped iterables through ``submit``; see the module doc.
+    ``for_threads``: a thread pool's (its pickling errors are worded for it)."""
     _check_chunksize(chunksize)
     _check_buffersize(buffersize)
     check_progress(progress)
     end_time = None if timeout is None else time.monotonic() + timeout
-    feed = _Feed(submit, fn, iterables, chunksize, buffersize, ordered)
+    feed = _Feed(submit, fn, iterables, chunksize, buffersize, ordered, for_threads)
     if buffersize is None:
         feed.submit_all()
         total: int | None = feed.items_submitted
@@ -356,12 +360,19 @@ def describe(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return describe_chunk(fn, args) or _pickling.describe_task(fn, args, kwargs)
 
 
+def chunk_length(fn: object, args: tuple[Any, ...]) -> int | None:
+    """How many calls a ``run_chunk`` task holds; None for any other task."""
+    if fn is not run_chunk or len(args) != 2:
+        return None
+    return len(args[1])
+
+
 def describe_chunk(fn: object, args: tuple[Any, ...]) -> str | None:
     """``a map chunk of 12 calls to f(...)`` for a ``run_chunk`` task, else None."""
     if fn is not run_chunk or len(args) != 2:
         return None
-    inner = _pickling.describe_task(args[0], (), {})
-    return f"a map chunk of {len(args[1])} calls to {inner}"
+    inner = _pickling.describe_task(args[0], (), {}).removesuffix("()")
+    return f"a map chunk of {len(args[1])} calls to {inner}(...)"
 
 
 class _Feed:
@@ -375,8 +386,10 @@ class _Feed:
         chunksize: int | str,
         buffersize: int | None,
         ordered: bool,
+        for_threads: bool = False,
     ) -> None:
         self.submit = submit
+        self.for_threads = for_threads  # a thread pool's check_pickle (errors)
         self.fn = fn
         self.items: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         self.auto = _AutoChunkSize() if chunksize == "auto" else None
@@ -423,7 +436,10 @@ class _Feed:
             if args is None:
                 self.exhausted = True
                 return False
-            future = self.submit(self.fn, args, 1)
+            try:
+                future = self.submit(self.fn, args, 1)
+            except PicklingError as error:
+                raise self._item_error((args,), error) from None
             self.items_submitted += 1
         else:
             size = self.auto.next_size() if self.auto is not None else self.fixed_size
@@ -444,7 +460,14 @@ class _Feed:
         try:
             return self.submit(run_chunk, (self.fn, chunk), len(chunk))
         except PicklingError as error:
-            raise _culprit_item_error(self.fn, chunk) or error from None
+            raise self._item_error(chunk, error) from None
+
+    def _item_error(
+        self, chunk: tuple[tuple[Any, ...], ...], error: PicklingError
+    ) -> PicklingError:
+        """``error`` of a map's task, as the error of the item that caused it."""
+        first = self.items_submitted
+        return _culprit_item_error(self.fn, chunk, first, self.for_threads) or error
 
     def next_due(self, end_time: float | None) -> Future[Any]:
         """The next task whose results are due: the oldest, or the next to finish.
@@ -606,16 +629,27 @@ def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 
 
 def _culprit_item_error(
-    fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]
+    fn: Callable[..., Any],
+    chunk: tuple[tuple[Any, ...], ...],
+    first: int,
+    for_threads: bool,
 ) -> PicklingError | None:
-    """The PicklingError of the first item of a chunk that cannot be pickled.
+    """The PicklingError of the first item of a chunk that cannot be pickled,
+    naming its index in the input (the chunk's items are ``first``, ...).
 
     A chunk's own error would name a path through the chunk tuple; the user
-    wants the one naming their item's argument, as ``submit()`` gives it.
+    wants the one naming their item and its argument.
     """
-    for args in chunk:
+    for offset, args in enumerate(chunk):
         try:
-            _pickling.serialize_call(fn, args, {}, action="map")
+            _pickling.serialize_call(
+                fn,
+                args,
+                {},
+                action="map",
+                item=first + offset,
+                for_threads=for_threads,
+            )
         except PicklingError as error:  # noqa: PERF203 - only after a failure
             return error
     return None

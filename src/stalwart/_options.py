@@ -40,15 +40,13 @@ def resolve_max_workers(max_workers: int | None) -> int:
         )
     if max_workers > 0:
         return max_workers  # no CPU count needed: it reads cgroup files (~0.3 ms)
-    cpus = usable_cpu_count()
-    resolved = cpus + 1 + max_workers
-    if max_workers == 0 or resolved <= 0:
+    if max_workers == 0:
         raise ValueError(
             "max_workers must be None, a positive int, or a negative int counted "
-            f"back from the CPU count (-1 = all {cpus} CPUs, -2 = {max(cpus - 1, 1)}); "
-            f"got {max_workers}"
+            "back from the CPU count (-1: all CPUs, -2: all but one); got 0"
         )
-    return resolved
+    # joblib's rule: never fewer than one (-2 on a single CPU is one worker).
+    return max(usable_cpu_count() + 1 + max_workers, 1)
 
 
 def resolve_context(mp_context: BaseContext | str | None) -> BaseContext:

@@ -11,7 +11,7 @@ import traceback
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import TYPE_CHECKING
 
-from stalwart import _spawn
+from stalwart import _map, _spawn, _wire
 from stalwart.errors import InitializerError, TaskTimeoutError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ def crashed(
     if not signal_name:
         hint = "A task (or a C extension) called os._exit() or exit()."
     return WorkerCrashedError(
-        f"worker {pid} {how} while running task {task.id}, {task.describe()}"
-        f"{attempts}. Only this task failed; a replacement worker was started. {hint}",
+        f"worker {pid} {how} while running {task.describe()}{attempts}. "
+        f"{_only_this(task)}; a replacement worker was started. {hint}",
         pid=pid,
         exitcode=exitcode,
         signal=signal_name,
@@ -54,13 +54,26 @@ def crashed(
     )
 
 
+def _only_this(task: Task) -> str:
+    """Who failed with it: the task, or every call of a map's chunk."""
+    chunk = _map.chunk_length(task.fn, task.args)
+    if chunk is None:
+        return "Only this task failed"
+    return f"Only the {chunk} calls of this chunk failed (chunksize= sets how many)"
+
+
 def timed_out(pid: int | None, task: Task) -> TaskTimeoutError:
     """``task`` ran past its task_timeout and its worker was killed."""
+    chunk = _map.chunk_length(task.fn, task.args)
+    timeout = task.timeout or 0.0
+    limit = f"its task_timeout of {timeout:g} s"
+    if chunk is not None:
+        limit += f" ({chunk} calls x the map's {timeout / chunk:g} s)"
     message = (
-        f"task {task.id}, {task.describe()}, ran longer than its task_timeout of "
-        f"{task.timeout:g} s, so its worker {pid} was killed, together with any "
-        "processes the task started. Only this task failed; a replacement worker "
-        "was started. Raise task_timeout if the task needs more time."
+        f"{task.describe()} ran longer than {limit}, so its worker {pid} was "
+        "killed, together with any processes the task started. "
+        f"{_only_this(task)}; a replacement worker was started. Raise "
+        "task_timeout if the task needs more time."
     )
     return TaskTimeoutError(
         message, timeout=task.timeout, pid=pid, task=task.describe()
@@ -73,8 +86,12 @@ def start_failed(
     init_failure: tuple[str, str] | None,
     failures: int,
     given_up: bool,
+    main_failure: _wire.MainFailed | None = None,
 ) -> BrokenProcessPool:
-    """A worker died, or its initializer raised, before it was ready."""
+    """A worker died, or its initializer raised, before it was ready;
+    ``main_failure``: what it said when importing the main script failed."""
+    if main_failure is not None:
+        return _main_failed(pid, exitcode, main_failure, failures, given_up)
     if init_failure is not None:
         summary, remote_traceback = init_failure
         error: BrokenProcessPool = InitializerError(
@@ -94,11 +111,11 @@ def start_failed(
         f"worker {pid} exited before it was ready "
         f"({exit_description(exitcode)}); {failures} in a row"
         + (
-            ", so no more are started and the executor is broken. "
-            "Look for the worker's traceback on stderr. A common cause: the "
-            "main script starts an executor at import time; put that code "
-            "under `if __name__ == '__main__':`, since workers import the "
-            "main module."
+            ", so no more are started and the executor is broken. Look for "
+            "the worker's traceback on stderr: if it ends in stalwart's "
+            "'executor was created while a worker process was importing the "
+            "main module', put the script's code under `if __name__ == "
+            "'__main__':`."
             if given_up
             else "; starting a replacement."
         ),
@@ -106,6 +123,43 @@ def start_failed(
         exitcode=exitcode,
         signal=_spawn.signal_name(exitcode),
     )
+
+
+def _main_failed(
+    pid: int | None,
+    exitcode: int | None,
+    failure: _wire.MainFailed,
+    failures: int,
+    given_up: bool,
+) -> WorkerCrashedError:
+    if failure.executor_at_import:
+        what = (
+            "because the script creates an executor at import time: workers "
+            "import your main script the way multiprocessing's spawn does, so "
+            "code that starts executors must sit under `if __name__ == "
+            "'__main__':`"
+        )
+    else:
+        what = (
+            f"it raised {failure.summary} (its traceback is attached); workers "
+            "import your main script the way multiprocessing's spawn does, so "
+            "the script must import cleanly in a fresh process, with its work "
+            "under `if __name__ == '__main__':`"
+        )
+    then = (
+        f"{failures} workers in a row failed the same way, so no more are "
+        "started and the executor is broken"
+        if given_up
+        else "starting a replacement"
+    )
+    error = WorkerCrashedError(
+        f"worker {pid} could not import the main script, {what}. {then}.",
+        pid=pid,
+        exitcode=exitcode,
+        signal=_spawn.signal_name(exitcode),
+    )
+    error.__cause__ = _RemoteTraceback(failure.remote_traceback)  # type: ignore[arg-type]
+    return error
 
 
 def unreadable_result(

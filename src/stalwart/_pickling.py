@@ -96,6 +96,11 @@ _FIX_FOR_CALL = (
     "  Build it inside the worker instead (initializer=..., then stalwart.worker_state()),\n"
     "  or use stalwart.ThreadPoolExecutor, which needs no pickling."
 )
+_FIX_FOR_THREAD_CHECK = (
+    "  Threads need no pickling: drop check_pickle=True if this pool stays on\n"
+    "  threads; for processes or a cluster, build it inside the worker instead\n"
+    "  (initializer=..., then stalwart.worker_state())."
+)
 _FIX_FOR_RESULT = (
     "  Return plain data instead, and keep objects like this in the worker"
     " (initializer=..., then stalwart.worker_state())."
@@ -215,21 +220,27 @@ def serialize_call(
     *,
     action: str = "submit",
     by_value: bool = False,
+    item: int | None = None,
+    for_threads: bool = False,
 ) -> bytes:
     """Return ``dumps((fn, args, kwargs), by_value=by_value)``: the bytes for a worker.
 
     Raises PicklingError (chained from the pickler's exception) naming the unpicklable
     object, e.g. ``args[0].model._lock is a _thread.RLock``. ``action`` is the method
-    the user called, as the message shows it: ``"submit"`` or ``"map"``.
+    the user called, as the message shows it: ``"submit"`` or ``"map"``; ``item``,
+    the index of a map's item; ``for_threads``: a thread pool's ``check_pickle``
+    (no worker process, and no advice to use threads).
     """
     try:
         return dumps((fn, args, kwargs), by_value=by_value)
     except MemoryError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure: this PicklingError
         # Any exception out of pickling means this call cannot be sent, whatever a
         # user's __reduce__ chose to raise; it is kept as the cause.
-        raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
+        raise _unsendable_call_error(
+            fn, args, kwargs, action, by_value, exc, item, for_threads
+        ) from _without_pickler_frames(exc)
 
 
 def pack_call(
@@ -252,8 +263,10 @@ def pack_call(
         data = dumps(call, by_value=by_value, buffer_callback=buffers)
     except MemoryError:
         raise
-    except Exception as exc:
-        raise _unsendable_call_error(fn, args, kwargs, action, by_value, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure: this PicklingError
+        raise _unsendable_call_error(
+            fn, args, kwargs, action, by_value, exc
+        ) from _without_pickler_frames(exc)
     if not buffers.found and len(data) < _outofband.OUT_OF_BAND_BYTES:
         return data  # the common case: a small call, the bytes as they are
     packed = _outofband.pack([data], buffers.found, for_queue=True)
@@ -303,8 +316,30 @@ def serialize_result(value: object, *, task: str, by_value: bool = False) -> byt
         return dumps(value, by_value=by_value)
     except MemoryError:
         raise
-    except Exception as exc:
-        raise _unsendable_result_error(value, task, by_value, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure: this PicklingError
+        raise _unsendable_result_error(
+            value, task, by_value, exc
+        ) from _without_pickler_frames(exc)
+
+
+_PICKLER_FILES = ("pickle.py", "copyreg.py", "cloudpickle.py", "cloudpickle_fast.py")
+
+
+def _without_pickler_frames(exc: BaseException) -> BaseException:
+    """``exc`` (the cause of a PicklingError) with its traceback cut to the
+    frames that help: from the first one outside pickle, cloudpickle and
+    stalwart (a ``__reduce__`` of the user's that raised), else none. The
+    message already names the culprit; 14 lines of pickler internals do not."""
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        internal = filename.endswith(_PICKLER_FILES) or (
+            os.sep + "stalwart" + os.sep in filename
+        )
+        if not internal:
+            break
+        tb = tb.tb_next
+    return exc.with_traceback(tb)
 
 
 def _unsendable_call_error(
@@ -314,8 +349,22 @@ def _unsendable_call_error(
     action: str,
     by_value: bool,
     exc: Exception,
+    item: int | None = None,
+    for_threads: bool = False,
 ) -> PicklingError:
-    head = f"cannot send {describe_call(fn, args, kwargs, action=action)} to a worker process:"
+    call = describe_call(fn, args, kwargs, action=action)
+    if item is not None:
+        call = f"item {item} of {call}"
+    if for_threads:
+        head = f"cannot pickle {call} (check_pickle=True):"
+        fix, plain = (
+            _FIX_FOR_THREAD_CHECK,
+            "  Pass plain data, or drop check_pickle=True.",
+        )
+    else:
+        head = f"cannot send {call} to a worker process:"
+        fix = _FIX_FOR_CALL
+        plain = "  Pass plain data, or use stalwart.ThreadPoolExecutor, which needs no pickling."
     roots: list[tuple[str, object]] = [("fn", fn)]
     roots += [(f"args[{i}]", arg) for i, arg in enumerate(args)]
     roots += [(f"kwargs[{name!r}]", value) for name, value in kwargs.items()]
@@ -323,11 +372,11 @@ def _unsendable_call_error(
     if found is None:
         return PicklingError(
             f"{head}\n  the call could not be pickled: {_describe_exception(exc)}.\n"
-            "  Pass plain data, or use stalwart.ThreadPoolExecutor, which needs no pickling."
+            + plain
         )
     path, culprit_type = found
     return PicklingError(
-        f"{head}\n  {_culprit_sentence(path, culprit_type)}\n{_FIX_FOR_CALL}",
+        f"{head}\n  {_culprit_sentence(path, culprit_type)}\n{fix}",
         path=path,
         unpicklable_type=culprit_type,
     )

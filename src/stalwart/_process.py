@@ -425,9 +425,13 @@ def _request_shutdown(
             pass
 
 
+class ExecutorAtImportError(RuntimeError):
+    """An executor was created while a worker imported the main script."""
+
+
 def _refuse_while_bootstrapping() -> None:
     if getattr(mp_process.current_process(), "_inheriting", False):
-        raise RuntimeError(
+        raise ExecutorAtImportError(
             "a stalwart executor was created while a worker process was importing "
             "the main module. Workers import your main script the way "
             "multiprocessing's spawn does, so code that starts executors must sit "

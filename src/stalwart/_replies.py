@@ -79,6 +79,8 @@ class Replies:
             self.consecutive_start_failures = 0
             if slot.memory is not None:  # its first figure for stats()
                 slot.figures.note_memory(slot.memory.refresh())
+        elif isinstance(reply, _wire.MainFailed):
+            slot.main_failure = reply
         elif isinstance(reply, _wire.OverMemory):
             slot.over_memory = reply.rss_bytes
             slot.figures.note_memory(reply.rss_bytes)

@@ -155,6 +155,7 @@ class WorkerSlot:
         self.idle_since = time.monotonic()
         self.tasks_left = max_tasks  # None: unlimited
         self.init_failure: tuple[str, str] | None = None
+        self.main_failure: _wire.MainFailed | None = None  # importing __main__
         self.over_memory: int | None = None  # its RSS, when it left for max_memory
         self.mid_line: dict[int, bool] = {}  # its output stream ended mid-line
         self.figures = WorkerStats(process.pid, "start")  # for stats()

@@ -453,6 +453,8 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
             threads: they share this process's memory.
     """
 
+    _pickles_for_threads = True  # check_pickle: a check, not a send
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -542,7 +544,9 @@ class ThreadPoolExecutor(_map.MapMixin, _StdlibThreadPoolExecutor):
         if pool.owner_pid != _current_pid:
             raise _inherited_error(pool, action)
         if self._check_pickle:
-            _pickling.serialize_call(fn, args, kwargs, action=action, by_value=False)
+            _pickling.serialize_call(
+                fn, args, kwargs, action=action, by_value=False, for_threads=True
+            )
         item = ThreadFuture(fn, args, kwargs, task_timeout)
         future: Future[R] = item
         with pool.lock:

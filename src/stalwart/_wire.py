@@ -56,6 +56,7 @@ RECEIVED = 5  # (RECEIVED, last_seq): a batch arrived; the worker has read it
 OUTPUT = 6  # (OUTPUT, stream, text): lines a task printed (_forwarding)
 LOG = 7  # (LOG, record_fields): a record a task logged (_forwarding)
 OVER_MEMORY = 8  # (OVER_MEMORY, rss_bytes): past max_memory_per_child; exiting
+MAIN_FAILED = 9  # (MAIN_FAILED, summary, traceback, executor_at_import): exiting
 
 STOP = b""
 
@@ -174,13 +175,23 @@ class Log(NamedTuple):
     fields: dict[str, Any]
 
 
+class MainFailed(NamedTuple):
+    """The worker could not import the main script; it exits. With
+    ``executor_at_import``, because the script starts an executor at import
+    time (no ``if __name__ == '__main__':`` guard)."""
+
+    summary: str
+    remote_traceback: str
+    executor_at_import: bool
+
+
 class OverMemory(NamedTuple):
     """The worker is past ``max_memory_per_child`` after a task: it exits."""
 
     rss_bytes: int
 
 
-Reply = Answer | Received | Ready | InitFailed | Output | Log | OverMemory
+Reply = Answer | Received | Ready | InitFailed | Output | Log | OverMemory | MainFailed
 
 
 _ANSWERS = frozenset({RESULT, RESULT_BYTES, ERROR})
@@ -204,6 +215,8 @@ def decode_reply(reply: object) -> Reply:
         return Log(reply[1])
     elif kind == OVER_MEMORY and len(reply) == 2 and isinstance(reply[1], int):
         return OverMemory(reply[1])
+    elif kind == MAIN_FAILED and len(reply) == 4:
+        return MainFailed(str(reply[1]), str(reply[2]), bool(reply[3]))
     elif kind == READY:
         return Ready()
     elif kind == INIT_FAILED and len(reply) == 3:

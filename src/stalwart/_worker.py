@@ -92,11 +92,30 @@ def run_worker(conn: Connection, config: WorkerConfig) -> None:
         )
     else:
         _forwarding.use_inherited_descriptors()
-    _import_main_script(config.main_path)
+    try:
+        _import_main_script(config.main_path)
+    except BaseException as exc:  # noqa: BLE001 - told to the parent, then we exit
+        _tell_main_failed(frames, exc)
+        sys.exit(1)
     if not _run_initializer(frames, config):
         return
     frames.send([pickle.dumps((_wire.READY, os.getpid()), _HIGHEST)])
     _serve(frames, config, _Environment())
+
+
+def _tell_main_failed(frames: _wire.BlockingFrames, exc: BaseException) -> None:
+    """The main script failed to import here: say why, for the parent's error."""
+    from stalwart._process import ExecutorAtImportError
+
+    at_import = isinstance(exc, ExecutorAtImportError)
+    reply = (_wire.MAIN_FAILED, _summary(exc), _format_traceback(exc), at_import)
+    _forwarding.flush_partial_lines()
+    with contextlib.suppress(OSError):
+        frames.send([pickle.dumps(reply, _HIGHEST)])
+
+
+def _summary(exc: BaseException) -> str:
+    return f"{type(exc).__qualname__}: {exc}"
 
 
 def _output_sender(frames: _wire.BlockingFrames) -> Callable[[int, str], None]:
@@ -181,7 +200,7 @@ def initializer_failure(exc: BaseException) -> tuple[str, str]:
     logging.getLogger("concurrent.futures").critical(
         "Exception in initializer:", exc_info=exc
     )
-    return f"{type(exc).__qualname__}: {exc}", _format_traceback(exc)
+    return _summary(exc), _format_traceback(exc)
 
 
 class _Environment:

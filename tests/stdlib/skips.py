@@ -1,7 +1,7 @@
 """The stdlib ``test_concurrent_futures`` tests that cannot apply to stalwart.
 
 stalwart is a drop-in ``ProcessPoolExecutor`` and ``ThreadPoolExecutor``
-(DESIGN.md, contract point 1), and CPython's own suite is the yardstick: every
+(docs/design.md, contract point 1), and CPython's own suite is the yardstick: every
 process-pool test of it runs against ``stalwart.ProcessPoolExecutor`` under fork,
 forkserver, spawn and loky's ``loky_init_main``, and every thread-pool test
 against ``stalwart.ThreadPoolExecutor`` (the runner's ``thread`` mode). A test
