@@ -435,7 +435,7 @@ def main() -> None:
     large_data()
     joblib_and_scikit_learn()
     seeing_inside()
-    print("\nAll sections ran for real. See README.md for the rest of the contract.")
+    print("\nAll sections ran for real. The guides in docs/ tell the rest.")
 
 
 if __name__ == "__main__":
