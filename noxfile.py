@@ -1,4 +1,5 @@
-"""Developer tasks. `nox` runs lint, typecheck and tests on every CPython it finds."""
+"""Developer tasks. `nox` runs lint, typecheck, the tests on every CPython it
+finds, and the documentation build."""
 
 # nox looks for python3.10 ... python3.13 on PATH only, and pyenv puts there just
 # the versions made active (its shims answer for no other). So this file finds
@@ -19,7 +20,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2025.2.9"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)  # from the classifiers
@@ -146,7 +147,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
-@nox.session(default=False)
+@nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site into site/ (mkdocs, warnings are errors);
     ``nox -s docs -- serve`` serves it at http://127.0.0.1:8000 instead."""
