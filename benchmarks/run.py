@@ -202,7 +202,7 @@ def machine() -> list[str]:
         f"(`python{sys.version_info.major}.{sys.version_info.minor}`); default start method "
         f"`{multiprocessing.get_start_method()}` (stdlib, pebble); loky starts "
         "workers with its fork+exec; stalwart forks the caller where provably "
-        "safe, else its template process (README, 'How workers start')",
+        "safe, else its template process (docs/guides/how-it-works.md, 'How workers start')",
         f"- Versions: stalwart {stalwart}; loky {_version('loky')}; "
         f"cloudpickle {_version('cloudpickle')}; pebble {_version('pebble')}; "
         f"psutil {_version('psutil')}; numpy {_version('numpy')}; "
