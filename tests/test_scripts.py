@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import psutil
@@ -59,19 +58,22 @@ def test_initializer_setting_a_main_global_is_seen_by_main_tasks(
     assert out.splitlines() == ["['bert:0', 'bert:1', 'bert:2']", "bert:lambda"]
 
 
-def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
-    """No script file to re-import: __main__ functions travel by value instead."""
-    code = textwrap.dedent(
-        """
-        import stalwart
-        def square(x):
-            return x * x
-        with stalwart.ProcessPoolExecutor(1) as ex:
-            print(list(ex.map(square, range(4))))
-        """
-    )
+SQUARES = """
+import stalwart
+def square(x):
+    return x * x
+if __name__ == "__main__":
+    with stalwart.ProcessPoolExecutor(1, mp_context={mp_context!r}) as ex:
+        print(list(ex.map(square, range(4))))
+"""
+
+
+def squares_from(tmp_path: Path, args: list[str], stdin: str | None = None) -> str:
+    """Run ``python *args`` (the SQUARES program given by ``args`` or ``stdin``)
+    in ``tmp_path``; what it printed, once it exited without error."""
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env=script_env(),
@@ -79,34 +81,21 @@ def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[0, 1, 4, 9]"
+    return result.stdout.strip()
+
+
+def test_main_functions_work_from_python_dash_c(tmp_path: Path) -> None:
+    """No script file to re-import: __main__ functions travel by value instead."""
+    code = SQUARES.format(mp_context=None)
+    assert squares_from(tmp_path, ["-c", code]) == "[0, 1, 4, 9]"
 
 
 @pytest.mark.parametrize("mp_context", [None, "template"])
 def test_a_script_read_from_stdin_works(tmp_path: Path, mp_context: str | None) -> None:
     """``python - < script.py``: no file to re-import (``__file__`` is
-    "<stdin>"), so __main__ functions travel by value, guard or not."""
-    code = textwrap.dedent(
-        f"""
-        import stalwart
-        def square(x):
-            return x * x
-        if __name__ == "__main__":
-            with stalwart.ProcessPoolExecutor(1, mp_context={mp_context!r}) as ex:
-                print(list(ex.map(square, range(4))))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-"],
-        input=code,
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=TIMEOUT,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[0, 1, 4, 9]"
+    "<stdin>"), so __main__ functions travel by value."""
+    code = SQUARES.format(mp_context=mp_context)
+    assert squares_from(tmp_path, ["-"], stdin=code) == "[0, 1, 4, 9]"
 
 
 def test_workers_exit_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
