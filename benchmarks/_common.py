@@ -227,7 +227,7 @@ def emit(
 
 
 TEMPLATE_NAME = "stalwart-tmpl"
-"""stalwart's template process (README, "How workers start"), one per program
+"""stalwart's template process (docs/guides/how-it-works.md, "How workers start"), one per program
 by design, by the name ``ps -o comm`` shows; the workers it forks are checked."""
 
 HELPER_MARKERS = ("resource_tracker", "forkserver")

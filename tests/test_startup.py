@@ -1,4 +1,4 @@
-"""Start-up at fork speed without fork's hazards (README: "How workers start").
+"""Start-up at fork speed without fork's hazards (docs/guides/how-it-works.md: "How workers start").
 
 Each test runs a script of its own: the template process is one per parent, and
 whether the caller may be forked depends on the threads the parent runs.

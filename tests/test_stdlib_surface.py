@@ -74,7 +74,7 @@ def test_mp_context_is_the_context_in_use() -> None:
         assert by_name._mp_context.get_start_method() == "spawn"
     with stalwart.ProcessPoolExecutor(max_workers=1) as ex:
         # The documented default: fork the caller where provably safe, else
-        # fork a template interpreter that imported __main__ (README).
+        # fork a template interpreter that imported __main__ (docs/guides/how-it-works.md).
         assert ex._mp_context.get_start_method() == "stalwart"
         assert callable(ex._mp_context.Process)
 
