@@ -114,13 +114,13 @@ def test_every_nav_entry_is_a_page() -> None:
 # -- the benchmarks page ----------------------------------------------------------
 
 
-def _plots_module() -> ModuleType:
-    """benchmarks/plots.py (not a package); its reading half needs no matplotlib."""
-    name = "stalwart_benchmark_plots"
+def _benchmarks_module(stem: str) -> ModuleType:
+    """benchmarks/<stem>.py (benchmarks/ is not a package)."""
+    name = f"stalwart_benchmark_{stem}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(
-        name, md.ROOT / "benchmarks" / "plots.py"
+        name, md.ROOT / "benchmarks" / f"{stem}.py"
     )
     assert spec is not None
     assert spec.loader is not None
@@ -128,6 +128,11 @@ def _plots_module() -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while defining
     spec.loader.exec_module(module)
     return module
+
+
+def _plots_module() -> ModuleType:
+    """benchmarks/plots.py; its reading half needs no matplotlib."""
+    return _benchmarks_module("plots")
 
 
 def test_benchmark_plots_match_results_md() -> None:
@@ -146,6 +151,43 @@ def test_a_changed_table_makes_its_plot_stale() -> None:
     table = plots.table_text(results, "bench_submit.py")
     changed = results.replace(table, table.replace("|", "| 1", 2), 1)
     assert any(p.startswith("submit.png") for p in plots.stale_plots(changed))
+
+
+def test_quoted_figures_are_in_results_md() -> None:
+    quotes = _benchmarks_module("quotes")
+    problems = quotes.stale_quotes(quotes.RESULTS.read_text(encoding="utf-8"))
+    assert not problems, (
+        "README.md and docs/ quote figures that benchmarks/RESULTS.md does not "
+        "hold (quote the last run's figures, as RESULTS.md prints them):\n"
+        + "\n".join(problems)
+    )
+
+
+def test_a_quote_of_an_older_run_is_stale(tmp_path: Path) -> None:
+    quotes = _benchmarks_module("quotes")
+    results = "| stalwart | 0.026 | 0.77x |\n| cold start | CPython 3.11.7 | 1,075 |\n"
+    page = tmp_path / "page.md"
+    page.write_text(
+        textwrap.dedent("""\
+            On the benchmark machine (CPython 3.11), 0.026 s, 1,075 MB and
+            0.77x, then 0.031 s.
+
+            | workload | ratio |
+            | --- | --- |
+            | tiny | 0.79x |
+
+            Not a quote: 2.5 seconds, 4 tasks.
+
+            ```python
+            print(0.5, "9.9x")
+            ```
+            """),
+        encoding="utf-8",
+    )
+    assert quotes.stale_quotes(results, [page]) == [
+        f"{page}:2: 0.031",
+        f"{page}:6: 0.79x",
+    ]
 
 
 def test_benchmarks_page_includes_results_md() -> None:
