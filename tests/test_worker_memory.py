@@ -8,7 +8,8 @@ refuses one) and allocates past it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -83,6 +84,55 @@ def test_a_plain_sigkill_is_not_blamed_on_memory() -> None:
     assert info.value.signal == "SIGKILL"
     assert "out of memory" not in message
     assert "No OOM kill was counted" in message
+
+
+def _crash_in_an_adopted_worker(fn: Any, *args: Any) -> stalwart.WorkerCrashedError:
+    """Run ``fn(*args)``, which kills its worker, in a worker that a first
+    ``reuse=True`` executor parked and a second adopted; return the error."""
+    with stalwart.ProcessPoolExecutor(1, reuse=True) as ex:
+        ex.submit(tasks.resident).result(timeout=TIMEOUT)
+    ex = stalwart.ProcessPoolExecutor(1, reuse=True)
+    try:
+        with pytest.raises(stalwart.WorkerCrashedError) as info:
+            ex.submit(fn, *args).result(timeout=TIMEOUT)
+        assert ex.stats().workers_reused == 1
+    finally:
+        ex.shutdown(kill_workers=True)  # park nothing for later tests
+    return info.value
+
+
+def test_an_adopted_worker_s_memory_is_still_followed() -> None:
+    with stalwart.ProcessPoolExecutor(1, reuse=True) as ex:
+        pid = ex.submit(os.getpid).result(timeout=TIMEOUT)
+    ex = stalwart.ProcessPoolExecutor(1, reuse=True)
+    try:
+        assert ex.submit(os.getpid).result(timeout=TIMEOUT) == pid
+    finally:
+        ex.shutdown(kill_workers=True)  # park nothing for later tests
+    (adopted,) = [w for w in ex.stats().workers if w.pid == pid]
+    assert adopted.started_because == "adopted"
+    assert adopted.peak_memory is not None
+    assert adopted.peak_memory > 1_000_000
+
+
+@pytest.mark.timeout(60)
+def test_an_adopted_worker_the_oom_killer_ended_is_named_too(
+    memory_cgroup_of_64_mib: Path,
+) -> None:
+    """The OOM baseline and memory figures taken when the worker started go
+    with it through the warm set."""
+    error = _crash_in_an_adopted_worker(
+        tasks.allocate_inside, str(memory_cgroup_of_64_mib), 256
+    )
+    assert "out of memory" in str(error)
+    assert "limit 64.0 MiB" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_an_adopted_worker_s_plain_sigkill_is_not_blamed_on_memory() -> None:
+    error = _crash_in_an_adopted_worker(tasks.kill_myself)
+    assert "out of memory" not in str(error)
+    assert "No OOM kill was counted" in str(error)
 
 
 def test_a_thread_pool_accepts_the_keyword_for_the_one_word_swap() -> None:

@@ -171,6 +171,7 @@ class Dispatcher:
                 if self.replies.avg_busy_s is None:
                     self.replies.avg_busy_s = worker.avg_busy_s
                 slot.next_seq = worker.next_seq
+                slot.memory = worker.memory
                 slot.acked_seq = worker.next_seq - 1
                 self._add_slot(slot, "adopted")
                 logger.debug("adopted warm worker %s", slot.pid)
@@ -389,7 +390,9 @@ class Dispatcher:
         self.pipes.watch(slot)
         slot.figures.started_because = because
         self.stats.workers.append(slot.figures)
-        if slot.pid is not None:
+        if slot.memory is not None:  # adopted: its figures start from now
+            slot.figures.note_memory(slot.memory.refresh())
+        elif slot.pid is not None:
             slot.memory = _memory.MemoryWatch(slot.pid)
 
     def _sample_memory(self) -> float:

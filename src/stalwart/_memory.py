@@ -588,8 +588,9 @@ def _limits(cgroup: CgroupMemory) -> str:
 class MemoryWatch:
     """One worker's memory, followed from the parent to explain a SIGKILL.
 
-    Make it when the worker starts (~55 µs), ``refresh()`` it now and then
-    (~2.5 µs: its RSS, and whether it moved to another memory cgroup), call
+    Make it when the worker starts (~55 µs; a parked worker keeps its own for
+    the executor that adopts it), ``refresh()`` it now and then (~2.5 µs: its
+    RSS, and whether it moved to another memory cgroup), call
     ``explain_sigkill()`` when it died of SIGKILL, then ``close()``. It holds two
     file descriptors on the worker's ``/proc`` entry, which stop answering once
     the worker is reaped, so a reused pid cannot fool it. Called before the

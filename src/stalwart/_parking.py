@@ -78,6 +78,7 @@ def _park(
         idle_since=slot.idle_since,
         avg_busy_s=avg_busy_s,
         next_seq=slot.next_seq,
+        memory=slot.memory,
     )
     pipes.unwatch(slot)
     if not _reuse.PROCESSES.park(reuse.key, parked, reuse.idle_timeout):
@@ -85,8 +86,7 @@ def _park(
         return False
     slot.reader.close()
     slot.sock.close()  # the parked worker keeps only its Connection
-    if slot.memory is not None:
-        slot.memory.close()  # its adopter watches it afresh
+    slot.memory = None  # the parked worker's now, then its adopter's
     logger.debug("parked worker %s", slot.pid)
     return True
 

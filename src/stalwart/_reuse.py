@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
+    from stalwart._memory import MemoryWatch
+
 logger = logging.getLogger("stalwart")
 
 REAPER_LINGER_S = 1.0
@@ -105,6 +107,9 @@ class ParkedProcess:
     idle_since: float = 0.0
     avg_busy_s: float | None = None
     next_seq: int = 1  # the sequence number its next call gets (see _claims)
+    # Its memory and OOM baseline, followed since it started: the adopter goes
+    # on with it rather than reading the cgroup again for every with block.
+    memory: MemoryWatch | None = None
     expires_at: float = 0.0  # monotonic
     stop_deadline: float = math.inf  # set once STOP was sent
 
@@ -278,6 +283,8 @@ def _release(worker: ParkedProcess) -> None:
     if not worker.conn.closed:
         worker.conn.close()
     worker.claims.close()
+    if worker.memory is not None:
+        worker.memory.close()
 
 
 # -- thread workers -----------------------------------------------------------------
