@@ -4,11 +4,13 @@ README.md and the guides quote measurements ("0.77x loky's time", "7.13x faster
 than the stdlib") so that a reader need not open RESULTS.md. A quote rots
 silently when the benchmarks are run again, so this module finds every
 *quoting paragraph* (a paragraph or table with a ratio such as ``1.30x``, or
-one that names the benchmark machine or links to the results)
-and checks that each ratio in it occurs in RESULTS.md as that ratio, exactly as
-printed there, and each decimal figure (``0.026``, ``2.527``) as a number. ``tests/test_docs.py`` fails on a figure
-that does not, and ``benchmarks/run.py`` lists them after a run, so whoever
-reruns the benchmarks also updates the quotes.
+one that names the benchmark machine or links to the results) and checks that
+each ratio in it occurs in RESULTS.md exactly as printed there, and each decimal
+figure (``0.026``, ``2.527``) as a number. ``tests/test_docs.py`` fails on a
+figure that does not, and ``benchmarks/run.py`` lists them after a run, so
+whoever reruns the benchmarks also updates the quotes. A figure that happens to
+equal another number in RESULTS.md passes: this catches drift, not a figure
+copied from the wrong row.
 
 Whole numbers other than ratios are not checked: "4 tiny tasks" and "2 CPUs"
 are not measurements. docs/design.md states the bars, not results, and

@@ -8,6 +8,7 @@ refuses one) and allocates past it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from tests import _memory_tasks as tasks
 from tests._tasks import TIMEOUT
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 LIMIT = 300_000_000  # "300MB"
@@ -86,29 +88,32 @@ def test_a_plain_sigkill_is_not_blamed_on_memory() -> None:
     assert "No OOM kill was counted" in message
 
 
-def _crash_in_an_adopted_worker(fn: Any, *args: Any) -> stalwart.WorkerCrashedError:
-    """Run ``fn(*args)``, which kills its worker, in a worker that a first
-    ``reuse=True`` executor parked and a second adopted; return the error."""
-    with stalwart.ProcessPoolExecutor(1, reuse=True) as ex:
-        ex.submit(tasks.resident).result(timeout=TIMEOUT)
+@contextlib.contextmanager
+def _executor_adopting_a_worker() -> Iterator[tuple[stalwart.ProcessPoolExecutor, int]]:
+    """A ``reuse=True`` executor that adopted the worker an earlier one parked,
+    and that worker's pid. Its workers are killed at the end: nothing is left
+    parked for later tests."""
+    with stalwart.ProcessPoolExecutor(1, reuse=True) as first:
+        pid = first.submit(os.getpid).result(timeout=TIMEOUT)
     ex = stalwart.ProcessPoolExecutor(1, reuse=True)
     try:
+        yield ex, pid
+    finally:
+        ex.shutdown(kill_workers=True)
+
+
+def _crash_in_an_adopted_worker(fn: Any, *args: Any) -> stalwart.WorkerCrashedError:
+    """Run ``fn(*args)``, which kills its worker, in an adopted worker."""
+    with _executor_adopting_a_worker() as (ex, _):
         with pytest.raises(stalwart.WorkerCrashedError) as info:
             ex.submit(fn, *args).result(timeout=TIMEOUT)
         assert ex.stats().workers_reused == 1
-    finally:
-        ex.shutdown(kill_workers=True)  # park nothing for later tests
     return info.value
 
 
 def test_an_adopted_worker_s_memory_is_still_followed() -> None:
-    with stalwart.ProcessPoolExecutor(1, reuse=True) as ex:
-        pid = ex.submit(os.getpid).result(timeout=TIMEOUT)
-    ex = stalwart.ProcessPoolExecutor(1, reuse=True)
-    try:
+    with _executor_adopting_a_worker() as (ex, pid):
         assert ex.submit(os.getpid).result(timeout=TIMEOUT) == pid
-    finally:
-        ex.shutdown(kill_workers=True)  # park nothing for later tests
     (adopted,) = [w for w in ex.stats().workers if w.pid == pid]
     assert adopted.started_because == "adopted"
     assert adopted.peak_memory is not None
